@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite: linters, pytest on real PostgreSQL + SeaweedFS S3, Molecule scenarios.
+# Installs what it needs (scripts/bootstrap.sh) and starts/stops the servers it uses itself.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh || exit 1
+export PATH="$PWD/.venv/bin:$PATH" ANSIBLE_CONFIG="$PWD/ansible.cfg"
+status=0
+start=$(date +%s)
+
+bash scripts/lint.sh || status=1
+
+printf '\n== pytest\n'
+.venv/bin/pytest -q || status=1
+
+printf '\n== molecule\n'
+if [ -d molecule ] && compgen -G "molecule/*/molecule.yml" >/dev/null; then
+  (cd molecule && molecule test --all) || status=1
+fi
+
+printf '\n== test suite finished in %ss: %s\n' "$(( $(date +%s) - start ))" "$([ $status -eq 0 ] && echo PASSED || echo FAILED)"
+exit $status
