@@ -16,7 +16,7 @@ description:
     output in a log file and its PID in a PID file, and waits until it listens on a TCP port.
   - Stops exactly the process named in the PID file, after checking that the PID still runs the same
     program, so a recycled PID is never killed.
-  - Only for the embedded sandbox: real targets are never started by this runbook.
+  - Only for the embedded sandbox; real targets are never started by this runbook.
 version_added: "1.0.0"
 options:
   state:
@@ -53,8 +53,11 @@ attributes:
     description: Reports whether it would start or stop the process; starts and stops nothing.
   diff_mode:
     support: none
+    description: Nothing to diff.
   platform:
+    support: full
     platforms: posix
+    description: Linux and other POSIX systems with /proc.
 author:
   - Virtue platform team
 """
@@ -153,7 +156,7 @@ def start(module: AnsibleModule) -> dict[str, Any]:
     logfile = params["logfile"] or os.devnull
     with open(logfile, "ab") as log, open(os.devnull, "rb") as devnull:
         # A new session detaches it from Ansible's process group: it outlives this task.
-        proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+        proc = subprocess.Popen(
             params["argv"],
             stdin=devnull,
             stdout=log,
