@@ -45,8 +45,7 @@ migrate: bootstrap
 demo: fixture
 	@start=$$(date +%s); \
 	$(BIN)/ansible-playbook migrate.yml; \
-	echo; echo "demo finished in $$(( $$(date +%s) - start ))s; run record: $$(ls -d artifacts/runs/* | tail -1)"; \
-	$(BIN)/python scripts/summarize_run.py "$$(ls -d artifacts/runs/* | tail -1)"
+	echo; echo "demo finished in $$(( $$(date +%s) - start ))s; run record: $$(ls -td artifacts/runs/*/ | head -1)run.md"
 
 lint: bootstrap
 	bash scripts/lint.sh
