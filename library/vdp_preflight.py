@@ -246,6 +246,7 @@ from ansible.module_utils.vdp_legacy import (
 )
 from ansible.module_utils.vdp_migration import (
     ADDED_PROFILE_COLUMNS,
+    DATA_VERSION,
     RUNBOOK_SCHEMA,
     EngineError,
     discover,
@@ -591,7 +592,8 @@ def check_migration_state(report: Report, conn: Any, params: dict[str, Any]) -> 
     versions: list[str] = []
     if params.get("migrations_dir"):
         try:
-            versions = [mf.version for mf in discover(params["migrations_dir"])]
+            # The data step has no file: the modules record it in the same ledger when it completes.
+            versions = [mf.version for mf in discover(params["migrations_dir"])] + [DATA_VERSION]
         except EngineError as exc:
             report.add("migration state", BLOCKING, str(exc), started)
             return

@@ -163,6 +163,15 @@ def test_migration_state_partial_then_applied(
             "INSERT INTO vdp_runbook.schema_migrations (version, kind, checksum) "
             "VALUES ('20250103_organizational_model_indexes', 'indexes', 'y')"
         )
+    # Every file applied but the data step not recorded (e.g. killed mid-batch): still partial.
+    schema_only = run_module("vdp_preflight", module_args(sandbox, db))
+    assert schema_only["migration"]["state"] == "partial"
+    assert schema_only["migration"]["pending_versions"] == ["20250103_organizational_model_data"]
+    with psycopg.connect(**db) as conn:
+        conn.execute(
+            "INSERT INTO vdp_runbook.schema_migrations (version, kind, checksum) "
+            "VALUES ('20250103_organizational_model_data', 'data', 'z')"
+        )
     applied = run_module("vdp_preflight", module_args(sandbox, db))
     assert applied["migration"]["state"] == "applied", applied["migration"]
     assert applied["go"] is True
