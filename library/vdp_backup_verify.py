@@ -1,0 +1,246 @@
+#!/usr/bin/python
+# Prove a backup in S3 is whole and usable before anything is changed: read it back, recompute its
+# SHA-256, compare with the object metadata AND the manifest, and list its table of contents.
+"""Ansible module vdp_backup_verify: read a backup back from S3 and prove it."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: vdp_backup_verify
+short_description: Verify a pg_dump backup in S3 - SHA-256 read back, manifest, and table of contents
+description:
+  - Picks a backup written by M(vdp_backup) - this run's (I(source=run)), the newest (I(source=latest)) or an explicit
+    key (I(source=key)) - and reads its manifest.
+  - Streams the object back from S3 (no local copy of a custom-format dump; only toc.dat of a directory-format tar),
+    recomputes its SHA-256 and size, and compares them with the object's C(sha256) metadata and with the manifest.
+  - Feeds the stream to C(pg_restore --list) and checks that every expected table, and every table the manifest
+    counted, has both its TABLE and TABLE DATA entries.
+  - Any mismatch fails the task (the run stops before anything changes), with every problem listed.
+  - Read-only - it never changes anything, so it runs the same in check mode and always reports changed=false.
+version_added: "1.0.0"
+author: Virtue platform team
+options:
+  bucket:
+    description: S3 bucket.
+    type: str
+    required: true
+  prefix:
+    description: Key prefix of the database's backups (as given to M(vdp_backup)).
+    type: str
+    default: ""
+  source:
+    description: Which backup - C(run) (I(run_id)), C(latest), or C(key) (I(key)).
+    type: str
+    choices: [run, latest, key]
+    default: run
+  run_id:
+    description: Run id of the backup, for I(source=run).
+    type: str
+  key:
+    description: Key of the dump object (or of its manifest.json), for I(source=key).
+    type: str
+  tables:
+    description: Tables (schema.name) that must be in the archive. Default - the legacy tables (vdp_legacy.LEGACY_TABLES).
+    type: list
+    elements: str
+  pg_bindir:
+    description: Folder of pg_restore; default the manifest's server major's usual folder, then PATH.
+    type: path
+  workdir:
+    description: Local folder for the toc.dat of a directory-format backup (a temporary folder inside it, removed afterwards).
+    type: path
+notes:
+  - S3 options follow amazon.aws (endpoint_url, region, access_key, secret_key, session_token, validate_certs,
+    ca_bundle) with AWS_* environment fallback.
+attributes:
+  check_mode:
+    support: full
+    details: Reads only; runs the full verification in check mode too.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+requirements:
+  - boto3
+  - pg_restore of the dump's major version or newer
+"""
+
+EXAMPLES = r"""
+- name: Verify this run's backup
+  vdp_backup_verify:
+    endpoint_url: "{{ vdp_s3.endpoint_url | default(omit) }}"
+    access_key: "{{ vdp_s3.access_key | default(omit) }}"
+    secret_key: "{{ vdp_s3.secret_key | default(omit) }}"
+    bucket: "{{ vdp_s3.bucket }}"
+    prefix: "{{ vdp_s3.prefix }}"
+    run_id: "{{ vdp_run_id }}"
+  no_log: true
+
+- name: Verify the newest backup
+  vdp_backup_verify:
+    bucket: vdp-backups
+    prefix: virtue/production
+    source: latest
+"""
+
+RETURN = r"""
+verified:
+  description: True when every check passed (the task fails otherwise).
+  returned: always
+  type: bool
+key:
+  description: Key of the dump verified.
+  returned: when a backup was found
+  type: str
+manifest_key:
+  description: Key of its manifest.
+  returned: when a backup was found
+  type: str
+run_id:
+  description: Run id of the backup.
+  returned: when a backup was found
+  type: str
+size:
+  description: Bytes read back.
+  returned: when a backup was found
+  type: int
+sha256:
+  description: SHA-256 recomputed from the bytes read back.
+  returned: when a backup was found
+  type: str
+sha256_metadata:
+  description: SHA-256 in the object's metadata.
+  returned: when a backup was found
+  type: str
+sha256_manifest:
+  description: SHA-256 in the manifest.
+  returned: when a backup was found
+  type: str
+toc_entries:
+  description: Number of entries in the archive's table of contents.
+  returned: when a backup was found
+  type: int
+missing_tables:
+  description: Expected tables without TABLE and TABLE DATA entries in the archive.
+  returned: when a backup was found
+  type: list
+  elements: str
+problems:
+  description: Every verification problem found (empty when verified).
+  returned: always
+  type: list
+  elements: str
+manifest:
+  description: The backup's manifest.
+  returned: when a backup was found
+  type: dict
+seconds:
+  description: Time spent reading back and checking.
+  returned: when a backup was found
+  type: float
+"""
+
+import shutil
+import tempfile
+import time
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.vdp_backup import BackupNotFound, locate_backup, s3_call, verify_backup
+from ansible.module_utils.vdp_legacy import LEGACY_TABLES
+from ansible.module_utils.vdp_pg import redact
+from ansible.module_utils.vdp_pgtools import ToolNotFound, pg_tool_path
+from ansible.module_utils.vdp_s3 import S3Failure, bucket_exists, s3_argument_spec, s3_client, s3_secrets
+
+
+def argument_spec() -> dict[str, Any]:
+    spec = s3_argument_spec()
+    spec.update(
+        bucket=dict(type="str", required=True),
+        prefix=dict(type="str", default=""),
+        source=dict(type="str", choices=["run", "latest", "key"], default="run"),
+        run_id=dict(type="str"),
+        key=dict(type="str", no_log=False),
+        tables=dict(type="list", elements="str"),
+        pg_bindir=dict(type="path"),
+        workdir=dict(type="path"),
+    )
+    return spec
+
+
+def verify(module: AnsibleModule) -> dict[str, Any]:
+    p = module.params
+    result: dict[str, Any] = dict(changed=False, verified=False, problems=[])
+    if p["source"] == "run" and not p["run_id"]:
+        module.fail_json(msg="source=run needs run_id (the run whose backup to verify)", **result)
+    if p["source"] == "key" and not p["key"]:
+        module.fail_json(msg="source=key needs key (the dump's object key, or its manifest.json)", **result)
+    client = s3_client(p)
+    if not bucket_exists(client, p["bucket"], p):
+        module.fail_json(msg=f"bucket '{p['bucket']}' does not exist: there is no backup to verify", **result)
+    manifest_key, manifest = s3_call(
+        "read the backup manifest",
+        p,
+        p["bucket"],
+        lambda: locate_backup(client, p["bucket"], p["prefix"], p["source"], p["run_id"], p["key"]),
+    )
+    major = int(manifest.get("server_version_num") or 0) // 10000 or None
+    pg_restore = pg_tool_path("pg_restore", p["pg_bindir"], major)
+    workdir = tempfile.mkdtemp(prefix="vdp-verify-", dir=p["workdir"])
+    started = time.monotonic()
+    try:
+        verdict = s3_call(
+            "read the backup back",
+            p,
+            p["bucket"],
+            lambda: verify_backup(
+                client,
+                p["bucket"],
+                manifest_key,
+                manifest,
+                pg_restore,
+                LEGACY_TABLES if p["tables"] is None else p["tables"],
+                workdir,
+            ),
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result.update(
+        verified=verdict.ok,
+        key=verdict.key,
+        manifest_key=manifest_key,
+        run_id=manifest.get("run_id"),
+        size=verdict.size,
+        sha256=verdict.sha256_computed,
+        sha256_metadata=verdict.sha256_metadata,
+        sha256_manifest=verdict.sha256_manifest,
+        toc_entries=verdict.toc_entries,
+        missing_tables=verdict.missing_tables,
+        problems=verdict.problems,
+        manifest=manifest,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    if not verdict.ok:
+        module.fail_json(
+            msg=f"backup s3://{p['bucket']}/{verdict.key} FAILED verification: {'; '.join(verdict.problems)}. "
+            "Do not restore it: take a new backup",
+            **result,
+        )
+    return result
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    secrets = s3_secrets(module.params)
+    try:
+        result = verify(module)
+    except (S3Failure, BackupNotFound, ToolNotFound) as exc:
+        module.fail_json(msg=redact(str(exc), *secrets), verified=False)
+    except OSError as exc:
+        module.fail_json(msg=redact(f"local I/O failed: {exc}", *secrets), verified=False)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

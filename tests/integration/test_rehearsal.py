@@ -1,0 +1,155 @@
+"""The playbooks end to end on the sandbox: backup.yml -> restore_staging.yml -> rehearse.yml (go / no-go), faults.
+
+Each test points the inventory's vdp_production_db / vdp_staging_db / vdp_s3 at its own legacy clone, staging
+database and S3 prefix through extra vars, so it never touches the sandbox's own "virtue" databases.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.test_backup import _flip_byte, keys_under, s3_of
+from tests.support.sandbox import Sandbox
+
+ROOT = Path(__file__).resolve().parents[2]
+ENGINE = ("schema_migration", "org_data_migration", "validation")
+
+
+def engine_ready() -> bool:
+    return all((ROOT / "roles" / role / "tasks" / "main.yml").is_file() for role in ENGINE)
+
+
+def recap(output: str) -> dict[str, int]:
+    match = re.search(r"localhost\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=\d+\s+failed=(\d+)", output)
+    assert match, output[-3000:]
+    return dict(ok=int(match.group(1)), changed=int(match.group(2)), failed=int(match.group(3)))
+
+
+@pytest.fixture
+def world(sandbox: Sandbox, legacy_template: Callable[..., str], tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Extra vars for one isolated run: a legacy clone as production, a fresh staging db, an S3 prefix, a run id."""
+    prod_name, stg_name = f"pp_{uuid.uuid4().hex[:8]}", f"ps_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(**sandbox.pg("production", "postgres"), autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{prod_name}" TEMPLATE "{legacy_template()}"')
+    prod, stg = sandbox.pg("production", prod_name), sandbox.pg("staging", stg_name)
+    s3 = sandbox.s3
+    run_id = f"t{uuid.uuid4().hex[:8]}"
+    extra = {
+        "vdp_production_db": prod,
+        "vdp_staging_db": stg,
+        "vdp_s3": dict(s3, prefix=f"test-playbooks/{uuid.uuid4().hex[:10]}", sse="AES256", kms_key_id="", create_bucket=False),
+        "vdp_run_id": run_id,
+        "vdp_run_dir": str(tmp_path / run_id),
+    }
+    (tmp_path / run_id).mkdir()
+    vars_file = tmp_path / "vars.json"
+    vars_file.write_text(json.dumps(extra))
+    yield dict(extra, vars_file=str(vars_file), run_dir=tmp_path / run_id)
+    with psycopg.connect(**sandbox.pg("production", "postgres"), autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{prod_name}" WITH (FORCE)')
+    with psycopg.connect(**sandbox.pg("staging", "postgres"), autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{stg_name}" WITH (FORCE)')
+
+
+def play(box: Sandbox, world: dict[str, Any], playbook: str, *args: str) -> Any:
+    proc = box.playbook(f"playbooks/{playbook}", "-e", f"@{world['vars_file']}", *args, timeout=600)
+    for secret in (box.password, box.s3_secret_key, box.s3_access_key):
+        assert secret not in proc.stdout and secret not in proc.stderr, f"a secret leaked in {playbook}'s output"
+    return proc
+
+
+def record(world: dict[str, Any], name: str) -> dict[str, Any]:
+    return json.loads((world["run_dir"] / f"{name}.json").read_text())
+
+
+def test_backup_restore_rehearse_go(sandbox: Sandbox, world: dict[str, Any]) -> None:
+    planned = play(sandbox, world, "backup.yml", "--check")
+    assert planned.returncode == 0, planned.stdout[-3000:]
+    client = s3_of(sandbox)
+    assert keys_under(client, sandbox.bucket, world["vdp_s3"]["prefix"]) == []  # check mode uploaded nothing
+
+    first = play(sandbox, world, "backup.yml")
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert recap(first.stdout)["changed"] == 1
+    backup = record(world, "backup")
+    assert backup["status"] == "ok" and backup["verification"]["verified"] and backup["key"].startswith(world["vdp_s3"]["prefix"])
+    assert backup["tables"]["public.profiles"] == 2000
+
+    second = play(sandbox, world, "backup.yml")
+    assert second.returncode == 0 and recap(second.stdout)["changed"] == 0, second.stdout[-3000:]
+    assert record(world, "backup")["reused"]
+
+    restored = play(sandbox, world, "restore_staging.yml")
+    assert restored.returncode == 0, restored.stdout[-3000:]
+    assert record(world, "restore_staging")["parity_ok"]
+    again = play(sandbox, world, "restore_staging.yml")
+    assert again.returncode == 0 and recap(again.stdout)["changed"] == 0, again.stdout[-3000:]
+
+    args = [] if engine_ready() else ["-e", "rehearsal_require_engine=false"]
+    slow = play(sandbox, world, "rehearse.yml", "-e", "rehearsal_window_budget_minutes=0.000001", *args)
+    assert slow.returncode != 0 and "Rehearsal NO-GO, production is untouched" in slow.stdout
+    no_go = record(world, "rehearsal")
+    assert no_go["decision"] == "no-go" and any("over the window budget" in r for r in no_go["reasons"])
+
+    rehearsed = play(sandbox, world, "rehearse.yml", *args)  # a no-go is never reused: this rehearses afresh
+    assert rehearsed.returncode == 0, rehearsed.stdout[-4000:]
+    decision = record(world, "rehearsal")
+    assert decision["decision"] == "go" and decision["go"] and decision["reasons"] == []
+    assert decision["restore"]["parity_ok"] and decision["restore"]["backup_key"] == backup["key"]
+    assert decision["migration_seconds"] is not None and decision["window_budget_minutes"] == 30
+    assert "Rehearsal: GO" in rehearsed.stdout
+    if engine_ready():
+        assert [step["step"] for step in decision["steps"] if step["ran"]] == list(ENGINE)
+        assert (world["run_dir"] / "rehearsal_validate.json").is_file()  # the engine's records stay apart from production's
+        assert not (world["run_dir"] / "validate.json").exists()
+        with psycopg.connect(**world["vdp_staging_db"]) as c:  # the migration ran on staging ...
+            assert c.execute("SELECT count(*) FROM public.profiles WHERE organization_id IS NULL").fetchone()[0] == 0
+    with psycopg.connect(**world["vdp_production_db"]) as c:  # ... and never on production
+        assert c.execute("SELECT to_regclass('public.organizations') IS NULL").fetchone()[0]
+
+    resumed = play(sandbox, world, "rehearse.yml", *args)  # same run id: the go stands, staging is not rebuilt
+    assert resumed.returncode == 0 and recap(resumed.stdout)["changed"] == 0, resumed.stdout[-3000:]
+    assert "already rehearsed in run" in resumed.stdout
+
+
+@pytest.mark.skipif(engine_ready(), reason="the migration engine roles exist")
+def test_rehearsal_without_the_engine_is_no_go(sandbox: Sandbox, world: dict[str, Any]) -> None:
+    assert play(sandbox, world, "backup.yml", "-e", "backup_prune=false").returncode == 0
+    missing = play(sandbox, world, "rehearse.yml")
+    assert missing.returncode != 0
+    assert any("migration engine role(s) missing" in r for r in record(world, "rehearsal")["reasons"])
+
+
+def test_backup_failing_verification_stops_the_run(sandbox: Sandbox, world: dict[str, Any]) -> None:
+    assert play(sandbox, world, "backup.yml").returncode == 0
+    _flip_byte(s3_of(sandbox), sandbox.bucket, record(world, "backup")["key"])
+    rerun = play(sandbox, world, "backup.yml")
+    assert rerun.returncode != 0 and "Backup verification FAILED, stopping before anything changes" in rerun.stdout
+    failed = record(world, "backup")
+    assert failed["status"] == "failed" and not failed["verification"]["verified"]
+    assert "Prune old backups" not in rerun.stdout  # the run stopped: no retention after a failed verification
+
+
+def test_staging_equal_to_production_is_refused(sandbox: Sandbox, world: dict[str, Any]) -> None:
+    prod = dict(world["vdp_production_db"], host="localhost")
+    refused = play(sandbox, world, "restore_staging.yml", "-e", json.dumps({"vdp_staging_db": prod}))
+    assert refused.returncode != 0 and "it is the PRODUCTION database" in refused.stdout
+    with psycopg.connect(**world["vdp_production_db"]) as c:  # production untouched
+        assert c.execute("SELECT count(*) FROM public.profiles").fetchone()[0] == 2000
+    sloppy = play(sandbox, world, "restore_staging.yml", "-e", "staging_restore_allow_production=yes")
+    assert sloppy.returncode != 0 and "not the exact phrase" in sloppy.stdout
+
+
+def test_wrong_s3_keys_fail_the_backup_clearly(sandbox: Sandbox, world: dict[str, Any]) -> None:
+    s3 = dict(world["vdp_s3"], secret_key="not-the-secret-0000")
+    failed = play(sandbox, world, "backup.yml", "-e", json.dumps({"vdp_s3": s3}))
+    assert failed.returncode != 0 and "Backup failed, nothing was changed" in failed.stdout
+    assert "credentials were refused" in failed.stdout and "not-the-secret-0000" not in failed.stdout
