@@ -1,0 +1,289 @@
+#!/usr/bin/python
+# The data step's assignment part: one coach assignment per distinct valid active
+# (sponsor, practitioner) pair, assigned_at = the pair's earliest created_at; self and orphan
+# relationships are skipped, counted and listed. Batched inserts, ON CONFLICT DO NOTHING; a re-run
+# finds nothing pending and writes nothing. SQL in module_utils/vdp_migration.py.
+"""Ansible module: coach assignments from active sponsor relationships, batched and idempotent."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: vdp_coach_assignments
+short_description: Convert active sponsor relationships into coach assignments, batched and idempotent
+description:
+  - Inserts into C(practitioner_assignments) one C(coach) assignment per distinct active
+    (sponsor, practitioner) pair of C(sponsor_practitioner_relationships), in the organization
+    I(organization_slug), with C(assigned_at) the earliest C(created_at) of the pair's active rows.
+  - Skips, counts and lists (never silently) self-relationships (sponsor = practitioner) and orphan
+    relationships (sponsor or practitioner without a profile). Duplicate active rows of a pair give one
+    assignment; the collapsed rows are counted.
+  - Inserts in batches of I(batch_size) pairs, one transaction each, C(ON CONFLICT DO NOTHING) on the
+    assignment's unique key. A batch that fails on one bad row is retried row by row, so one bad row never
+    sinks the rest; failed rows are reported and fail the task.
+  - A re-run finds no pending pair and writes nothing.
+  - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
+version_added: "1.0.0"
+options:
+  organization_slug:
+    description: Slug of the organization of the assignments (it must exist).
+    type: str
+    default: individual-users
+  batch_size:
+    description: Pairs per batch (and per transaction).
+    type: int
+    default: 5000
+  sample_limit:
+    description: How many skipped or failed relationships to list in the result.
+    type: int
+    default: 20
+  lock_retries:
+    description: Retries of a batch after a lock timeout.
+    type: int
+    default: 5
+  lock_retry_backoff:
+    description: Seconds before the first retry; doubled at each retry.
+    type: float
+    default: 1.0
+  run_id:
+    description: The runbook run id, shown in C(application_name).
+    type: str
+  login_host:
+    description: Database host (libpq PGHOST when omitted).
+    type: str
+    aliases: [host]
+  login_port:
+    description: Database port (PGPORT when omitted; 5432 by default).
+    type: int
+    aliases: [port]
+  login_user:
+    description: Database role (PGUSER when omitted). Must own the tables it changes.
+    type: str
+    aliases: [user]
+  login_password:
+    description: Password (PGPASSWORD when omitted). Never printed.
+    type: str
+    aliases: [password]
+  login_db:
+    description: Database name (PGDATABASE when omitted).
+    type: str
+    aliases: [db, dbname]
+  ssl_mode:
+    description: libpq sslmode.
+    type: str
+    default: prefer
+    choices: [disable, allow, prefer, require, verify-ca, verify-full]
+  ca_cert:
+    description: CA certificate file for I(ssl_mode=verify-ca) or C(verify-full).
+    type: path
+    aliases: [ssl_rootcert]
+  connect_timeout:
+    description: Seconds to wait for the connection.
+    type: int
+    default: 10
+  application_name:
+    description:
+      - C(application_name) of the session (what a lock-holder message shows). The default is replaced by
+        C(vdp-runbook/<component> run <run_id>).
+    type: str
+    default: vdp-runbook
+  lock_timeout:
+    description: PostgreSQL C(lock_timeout) of the session; every lock wait is bounded by it.
+    type: str
+    default: 5s
+  statement_timeout:
+    description: PostgreSQL C(statement_timeout) of the session (C(0) = none).
+    type: str
+    default: "0"
+attributes:
+  check_mode:
+    support: full
+    description: Counts the pairs that would be converted and the relationships that would be skipped, read-only.
+  diff_mode:
+    support: full
+    description: Number of coach assignments of the organization before and after.
+  platform:
+    platforms: posix
+author:
+  - Virtue platform team
+"""
+
+EXAMPLES = r"""
+- name: Create the coach assignments
+  vdp_coach_assignments:
+    organization_slug: individual-users
+    batch_size: 5000
+    login_host: "{{ vdp_production_db.host }}"
+    login_db: "{{ vdp_production_db.dbname }}"
+    login_user: "{{ vdp_production_db.user }}"
+    login_password: "{{ vdp_production_db.password | default(omit) }}"
+"""
+
+RETURN = r"""
+inserted:
+  description: Assignments inserted by this run (in check mode, that would be inserted).
+  returned: always
+  type: int
+already_present:
+  description: Valid pairs whose assignment already existed.
+  returned: always
+  type: int
+valid_pairs:
+  description: Distinct valid active (sponsor, practitioner) pairs, the number of coach assignments expected.
+  returned: always
+  type: int
+duplicates:
+  description: Pairs with more than one active row, and the rows collapsed into their one assignment.
+  returned: always
+  type: dict
+not_converted:
+  description: >-
+    Relationships not converted, {self_relationships, orphan_relationships}, each with count (all rows),
+    active (active rows: the ones a naive conversion would have tried) and a sample.
+  returned: always
+  type: dict
+failed_rows:
+  description: Pairs whose insert failed (with the error), {count, sample}; the task fails when count > 0.
+  returned: always
+  type: dict
+batches:
+  description: Batches committed and lock-timeout retries.
+  returned: always
+  type: dict
+organization_id:
+  description: Id of the organization of the assignments.
+  returned: always
+  type: str
+"""
+
+import traceback
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.vdp_legacy import relationship_classes
+from ansible.module_utils.vdp_migration import (
+    EngineError,
+    application_name,
+    assignments_plan,
+    build_pairs,
+    drop_pairs,
+    error_message,
+    has_coach_assignments,
+    migrate_assignments,
+    organization_id,
+    require_organization,
+    require_target_schema,
+    target_schema_missing,
+)
+from ansible.module_utils.vdp_pg import connect, migration_lock, pg_connection_argument_spec
+
+
+def argument_spec() -> dict[str, Any]:
+    spec = pg_connection_argument_spec()
+    spec.update(
+        organization_slug=dict(type="str", default="individual-users"),
+        batch_size=dict(type="int", default=5000),
+        sample_limit=dict(type="int", default=20),
+        lock_retries=dict(type="int", default=5),
+        lock_retry_backoff=dict(type="float", default=1.0),
+        run_id=dict(type="str"),
+    )
+    return spec
+
+
+def validate(params: dict[str, Any]) -> str | None:
+    if not 1 <= params["batch_size"] <= 1_000_000:
+        return f"batch_size {params['batch_size']} is out of range: use 1 .. 1000000 (default 5000)"
+    if not 0 <= params["sample_limit"] <= 10_000:
+        return "sample_limit must be between 0 and 10000"
+    if not 0 <= params["lock_retries"] <= 50:
+        return "lock_retries must be between 0 and 50"
+    return None
+
+
+def run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
+    p = module.params
+    schema_ready = not target_schema_missing(conn)
+    org_id = organization_id(conn, p["organization_slug"]) if schema_ready else None
+    if not module.check_mode or schema_ready:
+        require_target_schema(conn)
+        org_id = require_organization(conn, p["organization_slug"])
+    # In check mode before the schema/organization exist, count as if they did (nothing present yet).
+    result["organization_id"] = None if org_id is None else str(org_id)
+    result["not_converted"] = relationship_classes(conn, p["sample_limit"])
+    if module.check_mode or has_coach_assignments(conn, org_id):
+        plan = assignments_plan(conn, org_id, schema_ready)  # read-only pass: a re-run stops here
+    else:
+        plan = None  # first run: nothing can be present, count while building the pair table
+    if plan is None or (plan["pending"] > 0 and not module.check_mode):
+        plan = build_pairs(conn, org_id)
+    conn.commit()
+    result.update(
+        valid_pairs=plan["valid_pairs"],
+        already_present=plan["already_present"],
+        duplicates=dict(pairs=plan["duplicate_pairs"], rows_collapsed=plan["duplicate_rows_collapsed"]),
+    )
+    result["diff"] = dict(
+        before=dict(coach_assignments=plan["already_present"]), after=dict(coach_assignments=plan["valid_pairs"])
+    )
+    if module.check_mode:
+        result.update(inserted=plan["pending"], changed=plan["pending"] > 0)
+        return
+    if plan["pending"] == 0:
+        drop_pairs(conn)
+        return
+    progress = migrate_assignments(
+        conn, org_id, p["batch_size"], retries=p["lock_retries"], backoff=p["lock_retry_backoff"], sample_limit=p["sample_limit"]
+    )
+    result.update(
+        inserted=progress.inserted,
+        changed=progress.inserted > 0,
+        failed_rows=dict(count=progress.failed_count, sample=progress.failed),
+        batches=dict(count=progress.batches, size=p["batch_size"], lock_retries=progress.lock_retries),
+    )
+    if progress.failed_count:
+        raise EngineError(
+            f"{progress.failed_count} coach assignment(s) could not be inserted (first: {progress.failed[0]['error']}); "
+            f"the other {progress.inserted} were committed. Fix the listed rows and re-run: only the missing ones are inserted",
+            failed_rows=result["failed_rows"],
+        )
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    problem = validate(module.params)
+    if problem:
+        module.fail_json(msg=problem)
+    params = dict(module.params, application_name=application_name(module.params, "assignments"))
+    result: dict[str, Any] = dict(
+        changed=False,
+        inserted=0,
+        already_present=0,
+        valid_pairs=0,
+        duplicates=dict(pairs=0, rows_collapsed=0),
+        not_converted={},
+        failed_rows=dict(count=0, sample=[]),
+        batches=dict(count=0, size=module.params["batch_size"], lock_retries=0),
+        organization_id=None,
+    )
+    try:
+        conn = connect(params)
+        try:
+            with migration_lock(conn):
+                run(module, conn, result)
+        finally:
+            conn.close()
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear, secret-free line
+        msg, details = error_message(exc, params.get("login_password"))
+        if not isinstance(exc, EngineError):
+            details["exception"] = traceback.format_exc()
+        result.pop("diff", None)
+        result.update(details)
+        module.fail_json(msg=msg, **result)
+    if not module._diff:
+        result.pop("diff", None)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

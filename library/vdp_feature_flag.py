@@ -1,0 +1,290 @@
+#!/usr/bin/python
+# Feature flags of the application (public.feature_flags(flag_name, enabled, ...)), set
+# idempotently: the data step creates organizational_model / multi_role_support disabled, the
+# deploy phase turns them on, the flag rollback turns them off.
+"""Ansible module: set application feature flags idempotently."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: vdp_feature_flag
+short_description: Create, enable, disable or remove application feature flags
+description:
+  - Ensures each flag of I(names) exists in the feature flag table with C(enabled) = I(enabled)
+    (I(state=present)), or does not exist (I(state=absent)).
+  - With I(create_only=true) a flag that already exists keeps its value; only missing flags are created.
+    The data step uses this so that a re-run after the deploy phase never switches flags off again.
+  - Changes only the flags whose value differs (a second run changes nothing). Only C(flag_name) and
+    C(enabled) are written (C(description) too when given); the table's other columns keep their defaults.
+  - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
+version_added: "1.0.0"
+options:
+  names:
+    description: Flag names (1 to 100 characters each).
+    type: list
+    elements: str
+    required: true
+    aliases: [name]
+  enabled:
+    description: The value the flags should have.
+    type: bool
+    default: false
+  state:
+    description: Whether the flags should exist.
+    type: str
+    choices: [present, absent]
+    default: present
+  create_only:
+    description: Only create missing flags; leave the value of existing ones alone.
+    type: bool
+    default: false
+  description:
+    description: Description stored with flags this module creates.
+    type: str
+  table:
+    description: The feature flag table, schema-qualified.
+    type: str
+    default: public.feature_flags
+  run_id:
+    description: The runbook run id, shown in C(application_name).
+    type: str
+  login_host:
+    description: Database host (libpq PGHOST when omitted).
+    type: str
+    aliases: [host]
+  login_port:
+    description: Database port (PGPORT when omitted; 5432 by default).
+    type: int
+    aliases: [port]
+  login_user:
+    description: Database role (PGUSER when omitted). Must own the tables it changes.
+    type: str
+    aliases: [user]
+  login_password:
+    description: Password (PGPASSWORD when omitted). Never printed.
+    type: str
+    aliases: [password]
+  login_db:
+    description: Database name (PGDATABASE when omitted).
+    type: str
+    aliases: [db, dbname]
+  ssl_mode:
+    description: libpq sslmode.
+    type: str
+    default: prefer
+    choices: [disable, allow, prefer, require, verify-ca, verify-full]
+  ca_cert:
+    description: CA certificate file for I(ssl_mode=verify-ca) or C(verify-full).
+    type: path
+    aliases: [ssl_rootcert]
+  connect_timeout:
+    description: Seconds to wait for the connection.
+    type: int
+    default: 10
+  application_name:
+    description:
+      - C(application_name) of the session (what a lock-holder message shows). The default is replaced by
+        C(vdp-runbook/<component> run <run_id>).
+    type: str
+    default: vdp-runbook
+  lock_timeout:
+    description: PostgreSQL C(lock_timeout) of the session; every lock wait is bounded by it.
+    type: str
+    default: 5s
+  statement_timeout:
+    description: PostgreSQL C(statement_timeout) of the session (C(0) = none).
+    type: str
+    default: "0"
+attributes:
+  check_mode:
+    support: full
+    description: Reports which flags would be created, changed or removed; writes nothing.
+  diff_mode:
+    support: full
+    description: The flags' values before and after.
+  platform:
+    platforms: posix
+author:
+  - Virtue platform team
+"""
+
+EXAMPLES = r"""
+- name: Create the organizational flags, disabled (the data step)
+  vdp_feature_flag:
+    names: [organizational_model, multi_role_support]
+    enabled: false
+    create_only: true
+
+- name: Turn the organizational features on (deploy)
+  vdp_feature_flag:
+    names: [organizational_model, multi_role_support]
+    enabled: true
+
+- name: Feature-flag rollback
+  vdp_feature_flag:
+    names: [organizational_model, multi_role_support]
+    enabled: false
+"""
+
+RETURN = r"""
+flags:
+  description: Each flag's value after the run (in check mode, as it would be); null when absent.
+  returned: always
+  type: dict
+  sample: {organizational_model: false, multi_role_support: false}
+created:
+  description: Flags created (or that would be).
+  returned: always
+  type: list
+  elements: str
+updated:
+  description: Flags whose value changed (or would).
+  returned: always
+  type: list
+  elements: str
+removed:
+  description: Flags removed (or that would be).
+  returned: always
+  type: list
+  elements: str
+"""
+
+import re
+import traceback
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.vdp_legacy import table_exists
+from ansible.module_utils.vdp_migration import EngineError, application_name, error_message
+from ansible.module_utils.vdp_pg import connect, migration_lock, pg_connection_argument_spec
+
+try:
+    from psycopg import sql
+except ImportError:  # pragma: no cover - vdp_pg.connect reports the missing package
+    sql = None
+
+_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def argument_spec() -> dict[str, Any]:
+    spec = pg_connection_argument_spec()
+    spec.update(
+        names=dict(type="list", elements="str", required=True, aliases=["name"]),
+        enabled=dict(type="bool", default=False),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
+        create_only=dict(type="bool", default=False),
+        description=dict(type="str"),
+        table=dict(type="str", default="public.feature_flags"),
+        run_id=dict(type="str"),
+    )
+    return spec
+
+
+def validate(params: dict[str, Any]) -> str | None:
+    names = params["names"]
+    if not names:
+        return "names is empty: give at least one flag name"
+    bad = [n for n in names if not n or len(n) > 100 or n != n.strip()]
+    if bad:
+        return f"flag name(s) {bad!r} not valid: use 1 to 100 characters without outer spaces"
+    if not _TABLE.match(params["table"]):
+        return f"table {params['table']!r} must be schema.table (letters, digits, underscores)"
+    return None
+
+
+def table_ident(table: str) -> Any:
+    schema, name = table.split(".", 1)
+    return sql.Identifier(schema, name)
+
+
+def current_flags(conn: Any, table: str, names: list[str]) -> dict[str, bool]:
+    query = sql.SQL("SELECT flag_name, enabled FROM {} WHERE flag_name = ANY(%s)").format(table_ident(table))
+    with conn.cursor() as cur:
+        cur.execute(query, (names,))
+        return {r[0]: bool(r[1]) for r in cur.fetchall()}
+
+
+def plan(params: dict[str, Any], current: dict[str, bool]) -> tuple[list[str], list[str], list[str]]:
+    """(to create, to update, to remove) - pure."""
+    names = list(dict.fromkeys(params["names"]))
+    if params["state"] == "absent":
+        return [], [], [n for n in names if n in current]
+    create = [n for n in names if n not in current]
+    update = [] if params["create_only"] else [n for n in names if n in current and current[n] != params["enabled"]]
+    return create, update, []
+
+
+def apply(conn: Any, params: dict[str, Any], create: list[str], update: list[str], remove: list[str]) -> None:
+    table = table_ident(params["table"])
+    with conn.cursor() as cur:
+        for name in create:
+            if params.get("description") is not None:
+                cur.execute(
+                    sql.SQL("INSERT INTO {} (flag_name, enabled, description) VALUES (%s, %s, %s)").format(table),
+                    (name, params["enabled"], params["description"]),
+                )
+            else:
+                cur.execute(
+                    sql.SQL("INSERT INTO {} (flag_name, enabled) VALUES (%s, %s)").format(table), (name, params["enabled"])
+                )
+        if update:
+            cur.execute(
+                sql.SQL("UPDATE {} SET enabled = %s WHERE flag_name = ANY(%s)").format(table), (params["enabled"], update)
+            )
+        if remove:
+            cur.execute(sql.SQL("DELETE FROM {} WHERE flag_name = ANY(%s)").format(table), (remove,))
+    conn.commit()
+
+
+def run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
+    p = module.params
+    if not table_exists(conn, p["table"]):
+        raise EngineError(f"feature flag table {p['table']} does not exist: check the table option")
+    current = current_flags(conn, p["table"], p["names"])
+    conn.commit()
+    create, update, remove = plan(p, current)
+    after = dict(current)
+    for name in create + update:
+        after[name] = p["enabled"]
+    for name in remove:
+        after.pop(name)
+    result.update(
+        created=create,
+        updated=update,
+        removed=remove,
+        changed=bool(create or update or remove),
+        flags={n: after.get(n) for n in p["names"]},
+        diff=dict(before={n: current.get(n) for n in p["names"]}, after={n: after.get(n) for n in p["names"]}),
+    )
+    if result["changed"] and not module.check_mode:
+        apply(conn, p, create, update, remove)
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    problem = validate(module.params)
+    if problem:
+        module.fail_json(msg=problem)
+    params = dict(module.params, application_name=application_name(module.params, "feature-flag"))
+    result: dict[str, Any] = dict(changed=False, flags={}, created=[], updated=[], removed=[])
+    try:
+        conn = connect(params)
+        try:
+            with migration_lock(conn):
+                run(module, conn, result)
+        finally:
+            conn.close()
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear, secret-free line
+        msg, details = error_message(exc, params.get("login_password"))
+        if not isinstance(exc, EngineError):
+            details["exception"] = traceback.format_exc()
+        result.pop("diff", None)
+        module.fail_json(msg=msg, **details, **result)
+    if not module._diff:
+        result.pop("diff", None)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+#!/usr/bin/python
+# Read-only facts of the organizational migration: the seed's pre- and post-migration metrics
+# (metric names verbatim), the relationship anomalies, and every invariant of DESIGN §4 as a list of
+# checks with counts and samples, plus the legacy content checksums against the stored baseline.
+# The validation role asserts on `failed`; this module never writes.
+"""Ansible module: pre/post migration metrics and invariant checks, as data (read-only)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: vdp_migration_facts
+short_description: Seed metrics, anomalies and the organizational migration's invariants, as data
+description:
+  - I(phase=pre) returns the seed's pre-migration counts (C(Total Users), C(Active Sponsor Relationships),
+    C(Total Virtue Progress Records)), the relationship anomalies (self, orphan, duplicate active pairs), where
+    the sign-in time lives, the current legacy content checksums and the ledger.
+  - I(phase=post) adds the seed's post-migration metrics (C(Users with Organization), C(Coach Assignments Created),
+    C(Users with Roles Assigned)) and integrity issues (C(Orphaned Users), C(Missing Role Assignments),
+    C(Invalid Organization References)), and checks every invariant - roles rule, last_activity rule, one assignment
+    per valid active pair with the earliest created_at, no self/orphan assignment, RLS and no C(anon) access on the new
+    tables, the sign-up defaults trigger, the feature flags, the default organization's capacity, ledger versions,
+    the foreign key validated, no INVALID index, and each legacy table's content checksum and triggers/policies
+    against the baseline stored before the migration's first write.
+  - Never writes and never changes anything; C(failed_checks) lists what the caller must treat as a failure.
+version_added: "1.0.0"
+options:
+  phase:
+    description: Which facts to gather.
+    type: str
+    choices: [pre, post]
+    default: post
+  organization_slug:
+    description: The default organization the legacy users joined.
+    type: str
+    default: individual-users
+  capacity_policy:
+    description: The data step's capacity policy; with C(report) an organization over capacity is a warning, not a failure.
+    type: str
+    choices: [raise, fail, report]
+    default: raise
+  require_versions:
+    description: Ledger versions that must be recorded (post phase).
+    type: list
+    elements: str
+    default: []
+  sample_limit:
+    description: How many offending rows each check lists.
+    type: int
+    default: 10
+  baseline_key:
+    description: Key of the legacy baseline in C(vdp_runbook.baseline).
+    type: str
+    default: organizational_model
+  run_id:
+    description: The runbook run id, shown in C(application_name).
+    type: str
+  login_host:
+    description: Database host (libpq PGHOST when omitted).
+    type: str
+    aliases: [host]
+  login_port:
+    description: Database port (PGPORT when omitted; 5432 by default).
+    type: int
+    aliases: [port]
+  login_user:
+    description: Database role (PGUSER when omitted). Must own the tables it changes.
+    type: str
+    aliases: [user]
+  login_password:
+    description: Password (PGPASSWORD when omitted). Never printed.
+    type: str
+    aliases: [password]
+  login_db:
+    description: Database name (PGDATABASE when omitted).
+    type: str
+    aliases: [db, dbname]
+  ssl_mode:
+    description: libpq sslmode.
+    type: str
+    default: prefer
+    choices: [disable, allow, prefer, require, verify-ca, verify-full]
+  ca_cert:
+    description: CA certificate file for I(ssl_mode=verify-ca) or C(verify-full).
+    type: path
+    aliases: [ssl_rootcert]
+  connect_timeout:
+    description: Seconds to wait for the connection.
+    type: int
+    default: 10
+  application_name:
+    description:
+      - C(application_name) of the session (what a lock-holder message shows). The default is replaced by
+        C(vdp-runbook/<component> run <run_id>).
+    type: str
+    default: vdp-runbook
+  lock_timeout:
+    description: PostgreSQL C(lock_timeout) of the session; every lock wait is bounded by it.
+    type: str
+    default: 5s
+  statement_timeout:
+    description: PostgreSQL C(statement_timeout) of the session (C(0) = none).
+    type: str
+    default: "0"
+attributes:
+  check_mode:
+    support: full
+    description: Read-only in any mode; gathers the same facts.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+author:
+  - Virtue platform team
+"""
+
+EXAMPLES = r"""
+- name: Gather the post-migration facts
+  vdp_migration_facts:
+    phase: post
+    require_versions: [20250103_organizational_model_schema, 20250103_organizational_model_data]
+  register: __validation_facts
+
+- name: Fail on any broken invariant
+  ansible.builtin.assert:
+    that: __validation_facts.failed_checks | length == 0
+    fail_msg: "{{ __validation_facts.failed_checks | map(attribute='name') | join(', ') }}"
+"""
+
+RETURN = r"""
+seed_pre_migration:
+  description: The seed's pre-migration metrics, metric name -> count.
+  returned: always
+  type: dict
+  sample: {Total Users: 2000, Active Sponsor Relationships: 1530, Total Virtue Progress Records: 10012}
+seed_post_migration:
+  description: The seed's post-migration metrics, metric name -> count.
+  returned: phase=post
+  type: dict
+seed_integrity:
+  description: The seed's integrity issues, issue -> count (all must be 0).
+  returned: phase=post
+  type: dict
+anomalies:
+  description: Self, orphan and duplicate-active relationships, each {count, active, sample}.
+  returned: always
+  type: dict
+sign_in_source:
+  description: Where the last sign-in time lives (profiles, auth.users or none).
+  returned: always
+  type: str
+checks:
+  description: Every invariant checked, [{name, ok, detail, count, sample, severity}].
+  returned: phase=post
+  type: list
+  elements: dict
+failed_checks:
+  description: The checks with ok=false and severity error.
+  returned: always
+  type: list
+  elements: dict
+warnings_checks:
+  description: The checks with ok=false and severity warning.
+  returned: always
+  type: list
+  elements: dict
+legacy:
+  description: Per legacy table, rows and checksum before (baseline) and after, and whether unchanged.
+  returned: phase=post
+  type: dict
+legacy_checksums:
+  description: Current content checksums of the legacy tables (phase=pre).
+  returned: phase=pre
+  type: dict
+ledger:
+  description: Applied versions.
+  returned: always
+  type: list
+  elements: str
+report:
+  description: Supporting figures (capacity, feature flags, foreign key state).
+  returned: phase=post
+  type: dict
+"""
+
+import traceback
+from dataclasses import asdict
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.vdp_legacy import detect_sign_in_source, relationship_anomalies, seed_pre_migration_counts
+from ansible.module_utils.vdp_migration import (
+    SEED_INTEGRITY_SQL,
+    SEED_POST_MIGRATION_SQL,
+    EngineError,
+    application_name,
+    error_message,
+    ledger,
+    legacy_snapshot,
+    metric_rows,
+    post_migration_checks,
+    target_schema_missing,
+)
+from ansible.module_utils.vdp_pg import connect, pg_connection_argument_spec
+
+
+def argument_spec() -> dict[str, Any]:
+    spec = pg_connection_argument_spec()
+    spec.update(
+        phase=dict(type="str", default="post", choices=["pre", "post"]),
+        organization_slug=dict(type="str", default="individual-users"),
+        capacity_policy=dict(type="str", default="raise", choices=["raise", "fail", "report"]),
+        require_versions=dict(type="list", elements="str", default=[]),
+        sample_limit=dict(type="int", default=10),
+        baseline_key=dict(type="str", default="organizational_model", no_log=False),
+        run_id=dict(type="str"),
+    )
+    return spec
+
+
+def gather(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
+    p = module.params
+    source = detect_sign_in_source(conn)
+    result["sign_in_source"] = source or "none"
+    result["seed_pre_migration"] = seed_pre_migration_counts(conn)
+    result["anomalies"] = relationship_anomalies(conn, p["sample_limit"])
+    result["ledger"] = sorted(ledger(conn))
+    if p["phase"] == "pre":
+        result["legacy_checksums"] = {t: dict(rows=s["rows"], checksum=s["checksum"]) for t, s in legacy_snapshot(conn).items()}
+        return
+    if not target_schema_missing(conn):
+        result["seed_post_migration"] = metric_rows(conn, SEED_POST_MIGRATION_SQL)
+        result["seed_integrity"] = metric_rows(conn, SEED_INTEGRITY_SQL)
+    checks, report = post_migration_checks(
+        conn,
+        p["organization_slug"],
+        source,
+        sample_limit=p["sample_limit"],
+        capacity_policy=p["capacity_policy"],
+        require_versions=p["require_versions"],
+        baseline_key=p["baseline_key"],
+    )
+    result["legacy"] = report.pop("legacy", {})
+    result["report"] = report
+    result["checks"] = [asdict(c) for c in checks]
+    result["failed_checks"] = [asdict(c) for c in checks if not c.ok and c.severity == "error"]
+    result["warnings_checks"] = [asdict(c) for c in checks if not c.ok and c.severity != "error"]
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    if not 0 <= module.params["sample_limit"] <= 1000:
+        module.fail_json(msg="sample_limit must be between 0 and 1000")
+    params = dict(module.params, application_name=application_name(module.params, "facts"))
+    result: dict[str, Any] = dict(changed=False, checks=[], failed_checks=[], warnings_checks=[])
+    try:
+        conn = connect(params)
+        try:
+            # Read-only: one REPEATABLE READ snapshot, so every figure describes the same moment.
+            conn.isolation_level = 3  # psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            gather(module, conn, result)
+            conn.rollback()
+        finally:
+            conn.close()
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear, secret-free line
+        msg, details = error_message(exc, params.get("login_password"))
+        if not isinstance(exc, EngineError):
+            details["exception"] = traceback.format_exc()
+        module.fail_json(msg=msg, **details)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,396 @@
+#!/usr/bin/python
+# The data step's membership part: every profile not yet migrated joins the default organization
+# with its roles, is_active and last_activity, in keyset batches by primary key, one short
+# transaction per batch, so an interrupted run resumes where it stopped. The rules and their SQL
+# are in module_utils/vdp_migration.py (roles rule, sign-in detection, trigger handling).
+"""Ansible module: batched, resumable organization membership and roles of legacy profiles."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: vdp_org_membership
+short_description: Put every legacy profile in an organization with its roles, batched and resumable
+description:
+  - For every profile whose C(organization_id) is still NULL, sets C(organization_id) (the organization
+    I(organization_slug)), C(roles), C(is_active=true) and C(last_activity), in batches of I(batch_size)
+    profiles taken in primary-key order, committing each batch. Killed at any point, a re-run continues
+    with the profiles not yet migrated; a run with nothing left to do changes and writes nothing.
+  - Roles rule. C(coach) for whoever is the sponsor of any relationship (active or not, as the seed's SQL
+    counts them) with someone else; C(practitioner) for whoever is not a coach, or is the practitioner of an
+    active relationship with someone else. A sponsor who is also sponsored keeps C(practitioner).
+  - C(last_activity) is C(COALESCE(last sign-in, created_at)), the sign-in read from C(profiles.last_sign_in_at)
+    or, on Supabase, C(auth.users.last_sign_in_at) (detected, or forced with I(sign_in_source)).
+  - Legacy columns are never changed, C(updated_at) included; the profiles table's own UPDATE triggers
+    (the C(updated_at) stamper) are disabled inside each batch's transaction only, and restored before commit.
+  - Capacity. When the organization's C(max_users) is below the number of profiles it will hold,
+    I(capacity_policy) decides; C(raise) sets C(max_users) to that number (reported with the old value),
+    C(fail) stops before any write, C(report) migrates and reports the overflow.
+  - Stores the legacy baseline (content checksums) before its first write when none exists yet.
+  - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
+version_added: "1.0.0"
+options:
+  organization_slug:
+    description: Slug of the organization the profiles join (it must exist; see vdp_organization).
+    type: str
+    default: individual-users
+  batch_size:
+    description: Profiles per batch (and per transaction). No statement locks more rows than this.
+    type: int
+    default: 5000
+  pause_between_batches:
+    description: Seconds to sleep between batches (throttling for replicas and busy primaries).
+    type: float
+    default: 0.0
+  max_batches:
+    description: Stop after this many batches (0 = until done); the rest is left for the next run.
+    type: int
+    default: 0
+  sign_in_source:
+    description: Where the last sign-in time lives; C(auto) detects it (profiles, else auth.users, else none).
+    type: str
+    choices: [auto, profiles, auth.users, none]
+    default: auto
+  capacity_policy:
+    description: What to do when the organization's max_users is below the number of its members after the run.
+    type: str
+    choices: [raise, fail, report]
+    default: raise
+  capacity_headroom_percent:
+    description: With I(capacity_policy=raise), extra room added on top of the needed number of users.
+    type: int
+    default: 0
+  max_users_if_missing:
+    description:
+      - Check mode only, when the organization does not exist yet (a --check of the whole runbook); the max_users it
+        will be created with, so the capacity decision can be reported.
+    type: int
+  lock_retries:
+    description: Retries of a batch after a lock timeout.
+    type: int
+    default: 5
+  lock_retry_backoff:
+    description: Seconds before the first retry; doubled at each retry.
+    type: float
+    default: 1.0
+  run_id:
+    description: The runbook run id, stored with the baseline and shown in C(application_name).
+    type: str
+  login_host:
+    description: Database host (libpq PGHOST when omitted).
+    type: str
+    aliases: [host]
+  login_port:
+    description: Database port (PGPORT when omitted; 5432 by default).
+    type: int
+    aliases: [port]
+  login_user:
+    description: Database role (PGUSER when omitted). Must own the tables it changes.
+    type: str
+    aliases: [user]
+  login_password:
+    description: Password (PGPASSWORD when omitted). Never printed.
+    type: str
+    aliases: [password]
+  login_db:
+    description: Database name (PGDATABASE when omitted).
+    type: str
+    aliases: [db, dbname]
+  ssl_mode:
+    description: libpq sslmode.
+    type: str
+    default: prefer
+    choices: [disable, allow, prefer, require, verify-ca, verify-full]
+  ca_cert:
+    description: CA certificate file for I(ssl_mode=verify-ca) or C(verify-full).
+    type: path
+    aliases: [ssl_rootcert]
+  connect_timeout:
+    description: Seconds to wait for the connection.
+    type: int
+    default: 10
+  application_name:
+    description:
+      - C(application_name) of the session (what a lock-holder message shows). The default is replaced by
+        C(vdp-runbook/<component> run <run_id>).
+    type: str
+    default: vdp-runbook
+  lock_timeout:
+    description: PostgreSQL C(lock_timeout) of the session; every lock wait is bounded by it.
+    type: str
+    default: 5s
+  statement_timeout:
+    description: PostgreSQL C(statement_timeout) of the session (C(0) = none).
+    type: str
+    default: "0"
+attributes:
+  check_mode:
+    support: full
+    description: Counts the profiles that would be migrated and the roles they would get, read-only.
+  diff_mode:
+    support: full
+    description: Counts of profiles without and with the organization, before and after.
+  platform:
+    platforms: posix
+author:
+  - Virtue platform team
+"""
+
+EXAMPLES = r"""
+- name: Migrate the profiles into the default organization
+  vdp_org_membership:
+    organization_slug: individual-users
+    batch_size: 5000
+    capacity_policy: raise
+    login_host: "{{ vdp_production_db.host }}"
+    login_db: "{{ vdp_production_db.dbname }}"
+    login_user: "{{ vdp_production_db.user }}"
+    login_password: "{{ vdp_production_db.password | default(omit) }}"
+    run_id: "{{ vdp_run_id }}"
+"""
+
+RETURN = r"""
+migrated:
+  description: Profiles migrated by this run (in check mode, that would be migrated).
+  returned: always
+  type: int
+already_migrated:
+  description: Profiles that already belonged to an organization before this run.
+  returned: always
+  type: int
+remaining:
+  description: Profiles still without an organization after this run (0 when done).
+  returned: always
+  type: int
+profiles_total:
+  description: All profiles.
+  returned: always
+  type: int
+roles:
+  description: Roles given by this run (would be given, in check mode), {coach_only, coach_and_practitioner, practitioner_only}.
+  returned: always
+  type: dict
+batches:
+  description: Batches committed by this run, their size, the slowest one (ms) and lock-timeout retries.
+  returned: always
+  type: dict
+sign_in_source:
+  description: Where last_activity's sign-in time was read (profiles, auth.users or none).
+  returned: always
+  type: str
+capacity:
+  description: The organization's capacity check, {policy, max_users_before, max_users_after, members_after, action, over_by}.
+  returned: always
+  type: dict
+organization_id:
+  description: Id of the organization the profiles joined.
+  returned: always
+  type: str
+baseline_captured:
+  description: Whether this run stored the legacy baseline.
+  returned: always
+  type: bool
+duration_ms:
+  description: Wall time of the run.
+  returned: always
+  type: int
+"""
+
+import math
+import time
+import traceback
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.vdp_legacy import detect_sign_in_source
+from ansible.module_utils.vdp_migration import (
+    EngineError,
+    application_name,
+    ensure_baseline,
+    error_message,
+    membership_plan,
+    migrate_membership,
+    organization_capacity,
+    organization_id,
+    pending_profiles,
+    require_organization,
+    require_target_schema,
+    set_capacity,
+    target_schema_missing,
+)
+from ansible.module_utils.vdp_pg import connect, migration_lock, pg_connection_argument_spec
+
+
+def argument_spec() -> dict[str, Any]:
+    spec = pg_connection_argument_spec()
+    spec.update(
+        organization_slug=dict(type="str", default="individual-users"),
+        batch_size=dict(type="int", default=5000),
+        pause_between_batches=dict(type="float", default=0.0),
+        max_batches=dict(type="int", default=0),
+        sign_in_source=dict(type="str", default="auto", choices=["auto", "profiles", "auth.users", "none"]),
+        capacity_policy=dict(type="str", default="raise", choices=["raise", "fail", "report"]),
+        capacity_headroom_percent=dict(type="int", default=0),
+        max_users_if_missing=dict(type="int"),
+        lock_retries=dict(type="int", default=5),
+        lock_retry_backoff=dict(type="float", default=1.0),
+        run_id=dict(type="str"),
+    )
+    return spec
+
+
+def validate(params: dict[str, Any]) -> str | None:
+    if not 1 <= params["batch_size"] <= 1_000_000:
+        return f"batch_size {params['batch_size']} is out of range: use 1 .. 1000000 (default 5000)"
+    if params["pause_between_batches"] < 0 or params["max_batches"] < 0:
+        return "pause_between_batches and max_batches must be >= 0"
+    if not 0 <= params["capacity_headroom_percent"] <= 1000:
+        return "capacity_headroom_percent must be between 0 and 1000"
+    if not 0 <= params["lock_retries"] <= 50:
+        return "lock_retries must be between 0 and 50"
+    return None
+
+
+def capacity_decision(params: dict[str, Any], max_users: int | None, members_after: int) -> dict[str, Any]:
+    """What the capacity policy does for this organization (pure: no database access)."""
+    decision: dict[str, Any] = dict(
+        policy=params["capacity_policy"],
+        max_users_before=max_users,
+        max_users_after=max_users,
+        members_after=members_after,
+        over_by=0,
+        action="none",
+    )
+    if max_users is None or members_after <= max_users:
+        return decision
+    decision["over_by"] = members_after - max_users
+    if params["capacity_policy"] == "raise":
+        decision["max_users_after"] = math.ceil(members_after * (100 + params["capacity_headroom_percent"]) / 100)
+        decision["action"] = "raised"
+    elif params["capacity_policy"] == "fail":
+        decision["action"] = "failed"
+    else:
+        decision["action"] = "reported"
+    return decision
+
+
+def run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
+    p = module.params
+    started = time.monotonic()
+    schema_ready = not target_schema_missing(conn)
+    org_id = organization_id(conn, p["organization_slug"]) if schema_ready else None
+    if not module.check_mode or schema_ready:
+        require_target_schema(conn)
+        org_id = require_organization(conn, p["organization_slug"])
+    # In check mode before the schema/organization exist (a --check of the whole runbook), count
+    # against what the earlier phases would create: every profile pending, max_users_if_missing.
+    result["organization_id"] = None if org_id is None else str(org_id)
+    source = (
+        detect_sign_in_source(conn)
+        if p["sign_in_source"] == "auto"
+        else (None if p["sign_in_source"] == "none" else p["sign_in_source"])
+    )
+    result["sign_in_source"] = source or "none"
+    plan = membership_plan(conn, org_id, schema_ready)
+    conn.commit()
+    result.update(profiles_total=plan["total"], already_migrated=plan["total"] - plan["pending"], remaining=plan["pending"])
+    max_users = organization_capacity(conn, org_id) if org_id is not None else p.get("max_users_if_missing")
+    capacity = capacity_decision(p, max_users, plan["members"] + plan["pending"])
+    conn.commit()
+    result["capacity"] = capacity
+    result["diff"] = dict(
+        before=dict(without_organization=plan["pending"], in_organization=plan["members"]),
+        after=dict(without_organization=0, in_organization=plan["members"] + plan["pending"]),
+    )
+    if capacity["action"] == "failed":
+        raise EngineError(
+            f"organization {p['organization_slug']!r} allows {capacity['max_users_before']} users but would hold "
+            f"{capacity['members_after']} after the migration (over by {capacity['over_by']}): raise its max_users "
+            "(vdp_organization) or use capacity_policy=raise/report; nothing was changed",
+            capacity=capacity,
+        )
+    if module.check_mode:
+        result.update(
+            migrated=plan["pending"],
+            remaining=0,
+            roles=dict(
+                coach_only=plan["coach_only"],
+                coach_and_practitioner=plan["coach_and_practitioner"],
+                practitioner_only=plan["practitioner_only"],
+            ),
+            changed=bool(plan["pending"]) or capacity["action"] == "raised",
+        )
+        return
+    if plan["pending"] == 0 and capacity["action"] != "raised":
+        return
+    result["baseline_captured"] = ensure_baseline(conn, p.get("run_id"))
+    if capacity["action"] == "raised":
+        set_capacity(conn, org_id, capacity["max_users_after"])
+        result["changed"] = True
+    if plan["pending"]:
+        progress = migrate_membership(
+            conn,
+            org_id,
+            source,
+            p["batch_size"],
+            pause=p["pause_between_batches"],
+            retries=p["lock_retries"],
+            backoff=p["lock_retry_backoff"],
+            max_batches=p["max_batches"],
+        )
+        result["migrated"] = progress.migrated
+        result["roles"] = dict(
+            coach_only=progress.coach_only,
+            coach_and_practitioner=progress.coach_and_practitioner,
+            practitioner_only=progress.migrated - progress.coach_only - progress.coach_and_practitioner,
+        )
+        result["batches"] = dict(
+            count=progress.batches, size=p["batch_size"], slowest_ms=progress.max_batch_ms, lock_retries=progress.lock_retries
+        )
+        result["remaining"] = pending_profiles(conn)
+        conn.commit()
+        result["changed"] = result["changed"] or progress.migrated > 0
+    result["duration_ms"] = int((time.monotonic() - started) * 1000)
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    problem = validate(module.params)
+    if problem:
+        module.fail_json(msg=problem)
+    params = dict(module.params, application_name=application_name(module.params, "membership"))
+    result: dict[str, Any] = dict(
+        changed=False,
+        migrated=0,
+        already_migrated=0,
+        remaining=0,
+        profiles_total=0,
+        roles=dict(coach_only=0, coach_and_practitioner=0, practitioner_only=0),
+        batches=dict(count=0, size=module.params["batch_size"], slowest_ms=0, lock_retries=0),
+        sign_in_source=None,
+        capacity={},
+        organization_id=None,
+        baseline_captured=False,
+        duration_ms=0,
+    )
+    try:
+        conn = connect(params)
+        try:
+            with migration_lock(conn):
+                run(module, conn, result)
+        finally:
+            conn.close()
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear, secret-free line
+        msg, details = error_message(exc, params.get("login_password"))
+        if not isinstance(exc, EngineError):
+            details["exception"] = traceback.format_exc()
+        result.pop("diff", None)
+        result.update(details)
+        module.fail_json(msg=msg, **result)
+    if not module._diff:
+        result.pop("diff", None)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+#!/usr/bin/python
+# Ensure an organization (public.organizations) by slug: create it, bring its attributes to the
+# wanted values (reporting a diff), or remove it when it has no members. Values are stored
+# literally (parameterised SQL), whatever quotes, semicolons or unicode they hold.
+"""Ansible module: ensure an organization by slug, attributes diffed."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: vdp_organization
+short_description: Ensure an organization exists (or not) by slug, with its attributes
+description:
+  - Creates the organization with slug I(slug) when it is missing, or updates the attributes given
+    (I(name), I(primary_color), I(secondary_color), I(subscription_tier), I(max_users)) that differ.
+  - Attributes not given are left as they are; attributes listed in I(create_only) are set on creation
+    and never changed afterwards (the data step raises the default organization's C(max_users) when
+    more users must fit, and a re-run must not lower it again).
+  - I(state=absent) deletes the organization, refusing while profiles or assignments still reference it.
+  - Input is validated before connecting; values are stored literally (quotes, semicolons, unicode).
+  - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
+version_added: "1.0.0"
+options:
+  slug:
+    description: Unique key of the organization (1 to 100 characters, no control characters, no outer spaces).
+    type: str
+    required: true
+  state:
+    description: Whether the organization should exist.
+    type: str
+    choices: [present, absent]
+    default: present
+  name:
+    description: Display name (1 to 200 characters). Required when the organization is created.
+    type: str
+  primary_color:
+    description: Brand colour as C(#RRGGBB).
+    type: str
+  secondary_color:
+    description: Second brand colour as C(#RRGGBB).
+    type: str
+  subscription_tier:
+    description: Subscription tier.
+    type: str
+    choices: [free, starter, professional, enterprise, legacy]
+  max_users:
+    description: Capacity (a positive number of users).
+    type: int
+  create_only:
+    description: Attributes applied only when the organization is created, never updated afterwards.
+    type: list
+    elements: str
+    choices: [name, primary_color, secondary_color, subscription_tier, max_users]
+    default: []
+  run_id:
+    description: The runbook run id, shown in C(application_name).
+    type: str
+  login_host:
+    description: Database host (libpq PGHOST when omitted).
+    type: str
+    aliases: [host]
+  login_port:
+    description: Database port (PGPORT when omitted; 5432 by default).
+    type: int
+    aliases: [port]
+  login_user:
+    description: Database role (PGUSER when omitted). Must own the tables it changes.
+    type: str
+    aliases: [user]
+  login_password:
+    description: Password (PGPASSWORD when omitted). Never printed.
+    type: str
+    aliases: [password]
+  login_db:
+    description: Database name (PGDATABASE when omitted).
+    type: str
+    aliases: [db, dbname]
+  ssl_mode:
+    description: libpq sslmode.
+    type: str
+    default: prefer
+    choices: [disable, allow, prefer, require, verify-ca, verify-full]
+  ca_cert:
+    description: CA certificate file for I(ssl_mode=verify-ca) or C(verify-full).
+    type: path
+    aliases: [ssl_rootcert]
+  connect_timeout:
+    description: Seconds to wait for the connection.
+    type: int
+    default: 10
+  application_name:
+    description:
+      - C(application_name) of the session (what a lock-holder message shows). The default is replaced by
+        C(vdp-runbook/<component> run <run_id>).
+    type: str
+    default: vdp-runbook
+  lock_timeout:
+    description: PostgreSQL C(lock_timeout) of the session; every lock wait is bounded by it.
+    type: str
+    default: 5s
+  statement_timeout:
+    description: PostgreSQL C(statement_timeout) of the session (C(0) = none).
+    type: str
+    default: "0"
+attributes:
+  check_mode:
+    support: full
+    description: Reports what it would create, change or delete; writes nothing.
+  diff_mode:
+    support: full
+    description: The organization's attributes before and after.
+  platform:
+    platforms: posix
+author:
+  - Virtue platform team
+"""
+
+EXAMPLES = r"""
+- name: Ensure the default organization of the legacy users
+  vdp_organization:
+    slug: individual-users
+    name: Individual Users
+    primary_color: "#5F4339"
+    secondary_color: "#A8A29E"
+    subscription_tier: legacy
+    max_users: 1000
+    create_only: [max_users]
+    login_host: "{{ vdp_production_db.host }}"
+    login_db: "{{ vdp_production_db.dbname }}"
+    login_user: "{{ vdp_production_db.user }}"
+    login_password: "{{ vdp_production_db.password | default(omit) }}"
+
+- name: Remove a test organization
+  vdp_organization:
+    slug: rehearsal-test
+    state: absent
+"""
+
+RETURN = r"""
+organization:
+  description: The organization after the run (in check mode, as it would be); null when absent.
+  returned: always
+  type: dict
+  sample: {id: 0b9c..., slug: individual-users, name: Individual Users, primary_color: "#5F4339",
+           secondary_color: "#A8A29E", subscription_tier: legacy, max_users: 1000, created_at: "2025-01-03T09:00:00+00:00"}
+created:
+  description: Whether the organization was (or would be) created.
+  returned: always
+  type: bool
+deleted:
+  description: Whether the organization was (or would be) deleted.
+  returned: always
+  type: bool
+changed_attributes:
+  description: Names of the attributes that were (or would be) changed.
+  returned: always
+  type: list
+  elements: str
+"""
+
+import re
+import traceback
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+
+try:
+    from psycopg import sql
+except ImportError:  # pragma: no cover - vdp_pg.connect reports the missing package
+    sql = None
+from ansible.module_utils.vdp_migration import (
+    EngineError,
+    application_name,
+    error_message,
+    require_target_schema,
+    target_schema_missing,
+)
+from ansible.module_utils.vdp_pg import connect, migration_lock, pg_connection_argument_spec
+
+ATTRIBUTES = ("name", "primary_color", "secondary_color", "subscription_tier", "max_users")
+_COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_USERS_LIMIT = 2_147_483_647
+
+
+def argument_spec() -> dict[str, Any]:
+    spec = pg_connection_argument_spec()
+    spec.update(
+        slug=dict(type="str", required=True),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
+        name=dict(type="str"),
+        primary_color=dict(type="str"),
+        secondary_color=dict(type="str"),
+        subscription_tier=dict(type="str", choices=["free", "starter", "professional", "enterprise", "legacy"]),
+        max_users=dict(type="int"),
+        create_only=dict(type="list", elements="str", default=[], choices=list(ATTRIBUTES)),
+        run_id=dict(type="str"),
+    )
+    return spec
+
+
+def validate(params: dict[str, Any]) -> list[str]:
+    """Every problem with the input, each saying what to fix (checked before connecting)."""
+    problems: list[str] = []
+    slug = params["slug"]
+    if not slug or slug != slug.strip() or len(slug) > 100 or _CONTROL.search(slug):
+        problems.append(f"slug {slug!r} is not valid: use 1 to 100 characters without control characters or outer spaces")
+    name = params.get("name")
+    if name is not None and (not name.strip() or len(name) > 200 or _CONTROL.search(name)):
+        problems.append(f"name {name!r} is not valid: use 1 to 200 characters without control characters")
+    for key in ("primary_color", "secondary_color"):
+        value = params.get(key)
+        if value is not None and not _COLOR.match(value):
+            problems.append(f"{key} {value!r} is not a colour: use #RRGGBB, e.g. #5F4339")
+    max_users = params.get("max_users")
+    if max_users is not None and not 0 < max_users <= MAX_USERS_LIMIT:
+        problems.append(f"max_users {max_users} is not valid: use a positive number of users (1 .. {MAX_USERS_LIMIT})")
+    return problems
+
+
+_SELECT_SQL = """
+SELECT id::text, slug, name, primary_color, secondary_color, subscription_tier, max_users, created_at
+FROM public.organizations WHERE slug = %s
+"""
+
+
+def fetch(conn: Any, slug: str) -> dict[str, Any] | None:
+    with conn.cursor() as cur:
+        cur.execute(_SELECT_SQL, (slug,))
+        row = cur.fetchone()
+    if row is None:
+        return None
+    keys = ("id", "slug", "name", "primary_color", "secondary_color", "subscription_tier", "max_users", "created_at")
+    org = dict(zip(keys, row, strict=True))
+    org["created_at"] = org["created_at"].isoformat()
+    return org
+
+
+def wanted_changes(current: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    create_only = set(params.get("create_only") or [])
+    return {
+        key: params[key]
+        for key in ATTRIBUTES
+        if params.get(key) is not None and key not in create_only and current.get(key) != params[key]
+    }
+
+
+def insert(conn: Any, params: dict[str, Any]) -> None:
+    given = {k: params[k] for k in ATTRIBUTES if params.get(k) is not None}
+    columns = ["slug", *given]
+    query = sql.SQL("INSERT INTO public.organizations ({}) VALUES ({})").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns), sql.SQL(", ").join(sql.Placeholder() for _ in columns)
+    )
+    with conn.cursor() as cur:
+        cur.execute(query, [params["slug"], *given.values()])
+
+
+def update(conn: Any, slug: str, changes: dict[str, Any]) -> None:
+    query = sql.SQL("UPDATE public.organizations SET {} WHERE slug = %s").format(
+        sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in changes)
+    )
+    with conn.cursor() as cur:
+        cur.execute(query, [*changes.values(), slug])
+
+
+def references(conn: Any, org_id: str) -> dict[str, int]:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT (SELECT count(*) FROM public.profiles WHERE organization_id = %(id)s), "
+            "(SELECT count(*) FROM public.practitioner_assignments WHERE organization_id = %(id)s)",
+            dict(id=org_id),
+        )
+        members, assignments = cur.fetchone()
+    return dict(members=int(members), assignments=int(assignments))
+
+
+def ensure(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
+    p = module.params
+    if module.check_mode and target_schema_missing(conn):
+        current = None  # check mode before the schema phase ran: the table will exist, the organization not
+    else:
+        require_target_schema(conn)
+        current = fetch(conn, p["slug"])
+    result["diff"] = dict(before=current or {}, after={})
+    if p["state"] == "absent":
+        if current is None:
+            return
+        refs = references(conn, current["id"])
+        if refs["members"] or refs["assignments"]:
+            raise EngineError(
+                f"organization {p['slug']!r} still has {refs['members']} member profiles and {refs['assignments']} assignments: "
+                "move them to another organization (or revert the migration) before removing it",
+                references=refs,
+            )
+        result.update(changed=True, deleted=True, organization=None)
+        if not module.check_mode:
+            with conn.cursor() as cur:
+                cur.execute("DELETE FROM public.organizations WHERE slug = %s", (p["slug"],))
+            conn.commit()
+        return
+    if current is None:
+        if not p.get("name"):
+            raise EngineError(f"organization {p['slug']!r} does not exist and no name was given: set name to create it")
+        result.update(changed=True, created=True, changed_attributes=[k for k in ATTRIBUTES if p.get(k) is not None])
+        preview = dict(slug=p["slug"], **{k: p.get(k) for k in ATTRIBUTES if p.get(k) is not None})
+        if module.check_mode:
+            result["organization"] = preview
+        else:
+            insert(conn, p)
+            conn.commit()
+            result["organization"] = fetch(conn, p["slug"])
+        result["diff"]["after"] = result["organization"]
+        return
+    changes = wanted_changes(current, p)
+    result["changed_attributes"] = sorted(changes)
+    result["organization"] = dict(current, **changes)
+    result["diff"]["after"] = result["organization"]
+    if changes:
+        result["changed"] = True
+        if not module.check_mode:
+            update(conn, p["slug"], changes)
+            conn.commit()
+            result["organization"] = fetch(conn, p["slug"])
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    problems = validate(module.params)
+    if problems:
+        module.fail_json(msg="; ".join(problems), problems=problems)
+    params = dict(module.params, application_name=application_name(module.params, "organization"))
+    result: dict[str, Any] = dict(changed=False, created=False, deleted=False, changed_attributes=[], organization=None)
+    try:
+        conn = connect(params)
+        try:
+            with migration_lock(conn):
+                ensure(module, conn, result)
+        finally:
+            conn.close()
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear, secret-free line
+        msg, details = error_message(exc, params.get("login_password"))
+        if not isinstance(exc, EngineError):
+            details["exception"] = traceback.format_exc()
+        result.pop("diff", None)
+        module.fail_json(msg=msg, **details, **result)
+    if not module._diff:
+        result.pop("diff", None)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""Unit tests of the migration engine's modules and module_utils (no database).
+
+What runs against PostgreSQL is in tests/integration/test_rules_engine.py and test_migration_engine.py;
+here: SQL file handling, the ledger's drift logic, pure decisions, input validation, documentation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ENGINE_MODULES = [
+    "vdp_organization",
+    "vdp_org_membership",
+    "vdp_coach_assignments",
+    "vdp_schema_migrations",
+    "vdp_feature_flag",
+    "vdp_migration_facts",
+]
+
+
+def _register_module_utils() -> None:
+    import ansible.module_utils as amu
+
+    if str(ROOT / "module_utils") not in amu.__path__:
+        amu.__path__.append(str(ROOT / "module_utils"))
+
+
+def load(name: str) -> Any:
+    """Import library/<name>.py (or module_utils' ansible.module_utils.<name>)."""
+    _register_module_utils()
+    if name.startswith("vdp_") and (ROOT / "library" / f"{name}.py").exists():
+        spec = importlib.util.spec_from_file_location(f"engine_lib_{name}", ROOT / "library" / f"{name}.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return importlib.import_module(f"ansible.module_utils.{name}")
+
+
+@pytest.fixture(scope="module")
+def engine() -> Any:
+    return load("vdp_migration")
+
+
+# --------------------------------------------------------------------------- SQL files
+
+
+def test_split_statements_respects_quotes_comments_and_dollar_quotes(engine: Any) -> None:
+    text = """-- a comment; with a semicolon
+SELECT 'a;b' AS x;  /* block; comment */
+CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $fn$ BEGIN RETURN 1; END $fn$;
+DO $$ BEGIN PERFORM 1; END $$;
+SELECT "we;ird" FROM t
+"""
+    statements = engine.split_statements(text)
+    assert [s.text.split()[0] for s in statements] == ["SELECT", "CREATE", "DO", "SELECT"]
+    assert "'a;b'" in statements[0].text
+    assert statements[1].text.endswith("$fn$ BEGIN RETURN 1; END $fn$")
+    assert [s.line for s in statements] == [2, 3, 4, 5]
+
+
+def test_transactional_file_loses_its_begin_commit_and_lock_timeout(engine: Any, tmp_path: Path) -> None:
+    f = tmp_path / "20990101_x_schema.sql"
+    f.write_text(
+        "BEGIN;\nSET LOCAL lock_timeout = '5s';\nSET LOCAL statement_timeout = '1min';\nCREATE TABLE t (id int);\nCOMMIT;\n"
+    )
+    assert [s.text for s in engine.body_statements(f, True)] == [
+        "SET LOCAL statement_timeout = '1min'",
+        "CREATE TABLE t (id int)",
+    ]
+
+
+def test_transaction_control_inside_a_transactional_file_is_refused(engine: Any, tmp_path: Path) -> None:
+    f = tmp_path / "20990101_x_schema.sql"
+    f.write_text("BEGIN;\nCREATE TABLE a (id int);\nCOMMIT;\nCREATE TABLE b (id int);\nCOMMIT;\n")
+    with pytest.raises(engine.EngineError, match="line 3: a transaction statement inside"):
+        engine.body_statements(f, True)
+
+
+def test_no_transaction_marker_and_kinds(engine: Any, tmp_path: Path) -> None:
+    assert engine.declares_no_transaction("-- header\n-- vdp:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (a);")
+    assert not engine.declares_no_transaction("SELECT '-- vdp:no-transaction';")
+    assert [engine.kind_of(v) for v in ("x_schema", "x_data", "x_indexes", "x_misc")] == ["schema", "data", "indexes", "other"]
+
+
+def test_discover_lists_forward_files_with_checksum_and_revert(engine: Any) -> None:
+    files = engine.discover(ROOT / "migrations")
+    versions = [f.version for f in files]
+    assert versions == ["20250103_organizational_model_indexes", "20250103_organizational_model_schema"]
+    schema = files[1]
+    assert schema.checksum == hashlib.sha256(schema.path.read_bytes()).hexdigest()
+    assert schema.transactional and not files[0].transactional
+    assert all(f.revert_path and f.revert_path.exists() for f in files)
+
+
+def test_discover_missing_directory_says_what_to_do(engine: Any, tmp_path: Path) -> None:
+    with pytest.raises(engine.EngineError, match="does not exist: set the path"):
+        engine.discover(tmp_path / "nope")
+
+
+def test_drift_names_file_and_both_checksums(engine: Any, tmp_path: Path) -> None:
+    f = tmp_path / "20990101_x_schema.sql"
+    f.write_text("SELECT 1;\n")
+    [mf] = engine.discover(tmp_path)
+    row = engine.LedgerRow("20990101_x_schema", "schema", "0" * 64, "2025-01-03T00:00:00", 1, "me", None, {})
+    assert engine.drift([mf], {mf.version: row}) == [
+        dict(version=mf.version, file=mf.name, ledger_checksum="0" * 64, file_checksum=mf.checksum)
+    ]
+    assert engine.drift([mf], {mf.version: engine.LedgerRow(mf.version, "schema", mf.checksum, "", 1, "me", None, {})}) == []
+
+
+def test_concurrent_index_statement_is_recognised(engine: Any) -> None:
+    match = engine._CIC_RE.match(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS profiles_roles_idx\nON public.profiles USING gin (roles)"
+    )
+    assert match and match.group("name") == "profiles_roles_idx" and match.group("schema") == "public"
+    assert engine._CIC_RE.match("CREATE UNIQUE INDEX CONCURRENTLY u ON t (a)").group("table") == "t"
+    assert engine._CIC_RE.match("CREATE INDEX i ON t (a)") is None
+
+
+def test_data_step_checksum_is_stable_sha256(engine: Any) -> None:
+    assert engine.data_step_checksum() == engine.data_step_checksum()
+    assert len(engine.data_step_checksum()) == 64
+
+
+def test_application_name_carries_component_and_run_id(engine: Any) -> None:
+    assert engine.application_name({"application_name": "vdp-runbook", "run_id": "20261125T0915Z-ab12"}, "membership") == (
+        "vdp-runbook/membership run 20261125T0915Z-ab12"
+    )
+    assert engine.application_name({"application_name": "custom"}, "x") == "custom"
+    assert len(engine.application_name({"run_id": "r" * 100}, "membership")) == 63
+
+
+def test_sign_in_expression_follows_the_source(engine: Any) -> None:
+    assert engine.sign_in_expr("profiles")[1] == "coalesce(p.last_sign_in_at, p.created_at)"
+    join, expr = engine.sign_in_expr("auth.users")
+    assert "auth.users u" in join and expr == "coalesce(u.last_sign_in_at, p.created_at)"
+    assert engine.sign_in_expr(None) == ("", "p.created_at")
+
+
+# --------------------------------------------------------------------------- pure decisions
+
+
+@pytest.mark.parametrize(
+    ("policy", "max_users", "members", "action", "after"),
+    [
+        ("raise", 1000, 2000, "raised", 2000),
+        ("raise", 1000, 900, "none", 1000),
+        ("fail", 1000, 1001, "failed", 1000),
+        ("report", 1000, 1500, "reported", 1000),
+        ("raise", None, 5000, "none", None),
+    ],
+)
+def test_capacity_decision(policy: str, max_users: int | None, members: int, action: str, after: int | None) -> None:
+    membership = load("vdp_org_membership")
+    decision = membership.capacity_decision(dict(capacity_policy=policy, capacity_headroom_percent=0), max_users, members)
+    assert decision["action"] == action and decision["max_users_after"] == after
+    assert decision["max_users_before"] == max_users
+
+
+def test_capacity_headroom_rounds_up() -> None:
+    membership = load("vdp_org_membership")
+    decision = membership.capacity_decision(dict(capacity_policy="raise", capacity_headroom_percent=10), 1000, 2001)
+    assert decision["max_users_after"] == 2202
+
+
+def test_feature_flag_plan_create_only_never_flips_existing() -> None:
+    flags = load("vdp_feature_flag")
+    params = dict(names=["a", "b"], enabled=False, state="present", create_only=True)
+    assert flags.plan(params, {"a": True}) == (["b"], [], [])
+    assert flags.plan(dict(params, create_only=False), {"a": True}) == (["b"], ["a"], [])
+    assert flags.plan(dict(params, state="absent"), {"a": True}) == ([], [], ["a"])
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        (dict(primary_color="#12345G"), "primary_color '#12345G' is not a colour"),
+        (dict(max_users=0), "max_users 0 is not valid"),
+        (dict(slug=""), "slug '' is not valid"),
+        (dict(slug="x" * 101), "is not valid"),
+        (dict(name="   "), "name '   ' is not valid"),
+    ],
+)
+def test_organization_validation_messages(changes: dict[str, Any], problem: str) -> None:
+    org = load("vdp_organization")
+    params = dict(dict(slug="acme", name="Acme", primary_color=None, secondary_color=None, max_users=None), **changes)
+    assert any(problem in p for p in org.validate(params))
+
+
+def test_organization_accepts_hostile_but_valid_text() -> None:
+    org = load("vdp_organization")
+    params = dict(
+        slug="o'brien; drop table x; -- 美徳",
+        name="Robert'); DROP TABLE organizations;--",
+        primary_color="#A8A29E",
+        secondary_color=None,
+        max_users=1000,
+    )
+    assert org.validate(params) == []
+
+
+def test_organization_create_only_attributes_are_not_diffed() -> None:
+    org = load("vdp_organization")
+    current = dict(name="Individual Users", max_users=2000, primary_color="#5F4339")
+    params = dict(
+        name="Individual Users",
+        max_users=1000,
+        primary_color="#000000",
+        secondary_color=None,
+        subscription_tier=None,
+        create_only=["max_users"],
+    )
+    assert org.wanted_changes(current, params) == {"primary_color": "#000000"}
+
+
+def test_schema_migrations_input_validation() -> None:
+    mod = load("vdp_schema_migrations")
+    base = dict(state="applied", path=None, record_version=None, record_checksum=None, lock_retries=5, lock_retry_backoff=1.0)
+    assert "path is required" in mod.validate(base)
+    assert "record_version is required" in mod.validate(dict(base, state="recorded", path="x"))
+    assert "sha256" in mod.validate(dict(base, path="x", record_checksum="abc"))
+    assert mod.validate(dict(base, path="x")) is None
+
+
+def test_legacy_split_name_and_tables() -> None:
+    legacy = load("vdp_legacy")
+    assert legacy.split_name("auth.users") == ("auth", "users")
+    assert legacy.split_name("profiles") == ("public", "profiles")
+    assert "public.profiles" in legacy.LEGACY_TABLES and "auth.users" in legacy.LEGACY_TABLES
+    assert set(legacy.MIGRATION_FLAGS) == {"organizational_model", "multi_role_support"}
+
+
+# --------------------------------------------------------------------------- documentation and lint
+
+
+@pytest.mark.parametrize("name", ENGINE_MODULES)
+def test_module_documentation_renders_and_matches_the_argument_spec(name: str) -> None:
+    import yaml
+
+    proc = subprocess.run(
+        [str(ROOT / ".venv/bin/ansible-doc"), "-M", str(ROOT / "library"), "--json", name],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    doc = json.loads(proc.stdout)[name]
+    documented = set(doc["doc"]["options"])
+    spec = set(load(name).argument_spec())
+    assert spec == documented
+    assert {"check_mode", "diff_mode", "platform"} <= set(doc["doc"]["attributes"])
+    assert yaml.safe_load(doc["examples"]) and doc["return"]
+
+
+def test_password_option_is_no_log() -> None:
+    for name in ENGINE_MODULES:
+        assert load(name).argument_spec()["login_password"]["no_log"] is True
+
+
+def test_migrations_pass_squawk() -> None:
+    proc = subprocess.run(
+        [str(ROOT / ".venv/bin/squawk"), *sorted(str(p) for p in (ROOT / "migrations").glob("*.sql"))],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_seed_sql_for_the_benchmark_is_the_seeds() -> None:
+    text = (ROOT / "benchmarks/seed_sql/20250103_organizational_model_data.seed.sql").read_text()
+    assert "THEN ARRAY['coach']" in text and "WHERE spr.active = true;" in text and "1000, -- Higher limit" in text
+    assert sys.version_info >= (3, 11)
+
+
+def test_coach_assignments_and_membership_refuse_bad_batch_sizes() -> None:
+    coach, membership = load("vdp_coach_assignments"), load("vdp_org_membership")
+    assert "batch_size 0 is out of range" in coach.validate(dict(batch_size=0, sample_limit=20, lock_retries=5))
+    assert coach.validate(dict(batch_size=5000, sample_limit=20, lock_retries=5)) is None
+    good = dict(batch_size=5000, pause_between_batches=0.0, max_batches=0, capacity_headroom_percent=0, lock_retries=5)
+    assert membership.validate(good) is None
+    assert "out of range" in membership.validate(dict(good, batch_size=2_000_000))
+    assert ">= 0" in membership.validate(dict(good, pause_between_batches=-1))
+
+
+def test_facts_module_is_read_only_by_construction() -> None:
+    facts = load("vdp_migration_facts")
+    spec = facts.argument_spec()
+    assert spec["phase"]["choices"] == ["pre", "post"]
+    source = (ROOT / "library" / "vdp_migration_facts.py").read_text()
+    assert "conn.read_only = True" in source and "migration_lock" not in source
