@@ -54,7 +54,7 @@ pytest: bootstrap
 	$(BIN)/pytest
 
 molecule: bootstrap
-	cd molecule && $(CURDIR)/$(BIN)/molecule test --all
+	$(BIN)/molecule test --all
 
 test: bootstrap
 	bash scripts/test.sh

@@ -15,7 +15,7 @@ printf '\n== pytest\n'
 
 printf '\n== molecule\n'
 if [ -d molecule ] && compgen -G "molecule/*/molecule.yml" >/dev/null; then
-  (cd molecule && molecule test --all) || status=1
+  molecule test --all || status=1
 fi
 
 printf '\n== test suite finished in %ss: %s\n' "$(( $(date +%s) - start ))" "$([ $status -eq 0 ] && echo PASSED || echo FAILED)"

@@ -38,7 +38,7 @@ def sandbox() -> Iterator[sandbox_support.Sandbox]:
     port_base = int(os.environ.get("VDP_TEST_PORT_BASE", "45430"))
     keep = os.environ.get("VDP_TEST_KEEP_SANDBOX") == "1"
     folder = Path(os.environ.get("VDP_TEST_SANDBOX_DIR") or tempfile.mkdtemp(prefix="vdp-test-sandbox-"))
-    os.chmod(folder, 0o755)  # the postgres system user must traverse it
+    os.chmod(folder, 0o755)  # noqa: S103 - the postgres system user must traverse it
     box = sandbox_support.start(folder, port_base)
     try:
         yield box
