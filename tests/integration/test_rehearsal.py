@@ -23,10 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 ENGINE = ("schema_migration", "org_data_migration", "validation")
 
 
-def engine_ready() -> bool:
-    return all((ROOT / "roles" / role / "tasks" / "main.yml").is_file() for role in ENGINE)
-
-
 def recap(output: str) -> dict[str, int]:
     match = re.search(r"localhost\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=\d+\s+failed=(\d+)", output)
     assert match, output[-3000:]
@@ -93,39 +89,41 @@ def test_backup_restore_rehearse_go(sandbox: Sandbox, world: dict[str, Any]) -> 
     again = play(sandbox, world, "restore_staging.yml")
     assert again.returncode == 0 and recap(again.stdout)["changed"] == 0, again.stdout[-3000:]
 
-    args = [] if engine_ready() else ["-e", "rehearsal_require_engine=false"]
-    slow = play(sandbox, world, "rehearse.yml", "-e", "rehearsal_window_budget_minutes=0.000001", *args)
+    slow = play(sandbox, world, "rehearse.yml", "-e", "rehearsal_window_budget_minutes=0.000001")
     assert slow.returncode != 0 and "Rehearsal NO-GO, production is untouched" in slow.stdout
     no_go = record(world, "rehearsal")
     assert no_go["decision"] == "no-go" and any("over the window budget" in r for r in no_go["reasons"])
 
-    rehearsed = play(sandbox, world, "rehearse.yml", *args)  # a no-go is never reused: this rehearses afresh
+    rehearsed = play(sandbox, world, "rehearse.yml")  # a no-go is never reused: this rehearses afresh
     assert rehearsed.returncode == 0, rehearsed.stdout[-4000:]
     decision = record(world, "rehearsal")
     assert decision["decision"] == "go" and decision["go"] and decision["reasons"] == []
     assert decision["restore"]["parity_ok"] and decision["restore"]["backup_key"] == backup["key"]
     assert decision["migration_seconds"] is not None and decision["window_budget_minutes"] == 30
     assert "Rehearsal: GO" in rehearsed.stdout
-    if engine_ready():
-        assert [step["step"] for step in decision["steps"] if step["ran"]] == list(ENGINE)
-        assert (world["run_dir"] / "rehearsal_validate.json").is_file()  # the engine's records stay apart from production's
-        assert not (world["run_dir"] / "validate.json").exists()
-        with psycopg.connect(**world["vdp_staging_db"]) as c:  # the migration ran on staging ...
-            assert c.execute("SELECT count(*) FROM public.profiles WHERE organization_id IS NULL").fetchone()[0] == 0
+    assert [step["step"] for step in decision["steps"] if step["ran"]] == list(ENGINE)
+    assert (world["run_dir"] / "rehearsal_validate.json").is_file()  # the engine's records stay apart from production's
+    assert not (world["run_dir"] / "validate.json").exists()
+    with psycopg.connect(**world["vdp_staging_db"]) as c:  # the migration ran on staging ...
+        assert c.execute("SELECT count(*) FROM public.profiles WHERE organization_id IS NULL").fetchone()[0] == 0
     with psycopg.connect(**world["vdp_production_db"]) as c:  # ... and never on production
         assert c.execute("SELECT to_regclass('public.organizations') IS NULL").fetchone()[0]
 
-    resumed = play(sandbox, world, "rehearse.yml", *args)  # same run id: the go stands, staging is not rebuilt
+    resumed = play(sandbox, world, "rehearse.yml")  # same run id: the go stands, staging is not rebuilt
     assert resumed.returncode == 0 and recap(resumed.stdout)["changed"] == 0, resumed.stdout[-3000:]
     assert "already rehearsed in run" in resumed.stdout
 
 
-@pytest.mark.skipif(engine_ready(), reason="the migration engine roles exist")
-def test_rehearsal_without_the_engine_is_no_go(sandbox: Sandbox, world: dict[str, Any]) -> None:
+def test_migration_failing_on_staging_is_no_go(sandbox: Sandbox, world: dict[str, Any]) -> None:
     assert play(sandbox, world, "backup.yml", "-e", "backup_prune=false").returncode == 0
-    missing = play(sandbox, world, "rehearse.yml")
-    assert missing.returncode != 0
-    assert any("migration engine role(s) missing" in r for r in record(world, "rehearsal")["reasons"])
+    # A data step that cannot run (its argument spec refuses batch size 0) fails inside the rehearsal.
+    failing = play(sandbox, world, "rehearse.yml", "-e", "org_data_migration_batch_size=0")
+    assert failing.returncode != 0 and "Rehearsal NO-GO, production is untouched" in failing.stdout
+    decision = record(world, "rehearsal")
+    assert decision["decision"] == "no-go" and not decision["go"]
+    assert any("migration failed on staging" in r for r in decision["reasons"]), decision["reasons"]
+    with psycopg.connect(**world["vdp_production_db"]) as c:
+        assert c.execute("SELECT to_regclass('public.organizations') IS NULL").fetchone()[0]
 
 
 def test_backup_failing_verification_stops_the_run(sandbox: Sandbox, world: dict[str, Any]) -> None:
