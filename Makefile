@@ -19,7 +19,7 @@ help:
 	@echo "make demo      - sandbox up, load $(USERS) legacy users ($(SHAPE) shape), run migrate.yml end to end"
 	@echo "make test      - linters + pytest (real PostgreSQL and S3) + Molecule; non-zero on any failure"
 	@echo "make sandbox-up | sandbox-down | sandbox-status | sandbox-reset"
-	@echo "make bench     - benchmarks against raw psql / pg_dump (USERS=1000000 for the full size)"
+	@echo "make bench     - benchmarks against raw psql / pg_dump in the same run (USERS=1000000 for the full size)"
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -59,8 +59,8 @@ molecule: bootstrap
 test: bootstrap
 	bash scripts/test.sh
 
-bench: bootstrap
-	$(BIN)/python -m benchmarks.run --users $(USERS)
+bench: sandbox-up
+	bash scripts/bench.sh $(USERS)
 
 clean: sandbox-down
 	rm -rf .sandbox artifacts
