@@ -392,20 +392,45 @@ def server_facts(conn: Any) -> dict[str, Any]:
     )
 
 
-def connect_target(report: Report, name: str, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """Connect read-only; record one check; return (connection or None, facts)."""
+def connect_target(report: Report, name: str, params: dict[str, Any], missing_ok: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Connect read-only; record one check; return (connection or None, facts).
+
+    missing_ok: a database that does not exist yet is fine when the server answers (the staging restore
+    creates it); the connection returned is then to the server's maintenance database.
+    """
     started = time.monotonic()
     target = target_from_params(params)
     facts: dict[str, Any] = dict(target=str(target), host=target.host, port=target.port, dbname=target.dbname, user=target.user)
     try:
         conn = connect(params, autocommit=True)
     except ConnectionFailure as exc:
-        report.add(f"{name} connection", BLOCKING, str(exc), started)
-        return None, facts
+        if not (missing_ok and exc.missing_database):
+            report.add(f"{name} connection", BLOCKING, str(exc), started)
+            return None, facts
+        try:
+            conn = connect(dict(params, login_db="postgres"), autocommit=True)
+        except ConnectionFailure as again:
+            report.add(f"{name} connection", BLOCKING, str(again), started)
+            return None, facts
+        facts["database_missing"] = True
     conn.execute("SET default_transaction_read_only = on")
     facts.update(server_facts(conn))
-    report.add(f"{name} connection", OK, f"{target}, PostgreSQL {facts['server_version']}", started)
+    if facts.get("database_missing"):
+        report.add(f"{name} connection", OK, f"{target.host}:{target.port} answers (PostgreSQL {facts['server_version']}); "
+                   f"database {target.dbname} does not exist yet: the restore creates it", started)
+    else:
+        report.add(f"{name} connection", OK, f"{target}, PostgreSQL {facts['server_version']}", started)
     return conn, facts
+
+
+def check_can_create_database(report: Report, conn: Any, dbname: str) -> None:
+    started = time.monotonic()
+    row = conn.execute("SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user").fetchone()
+    if row and row[0]:
+        report.add("staging database creatable", OK, f"the login may create {dbname}", started)
+    else:
+        report.add("staging database creatable", BLOCKING,
+                   f"{dbname} does not exist and the login may not create databases: create it, or GRANT CREATEDB", started)
 
 
 def staging_params(staging: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
@@ -665,9 +690,11 @@ def check_staging(report: Report, params: dict[str, Any], prod: dict[str, Any]) 
         report.add("staging connection", WARNING, "not checked (no staging database given): the rehearsal target is unverified")
         return {}, None
     sp = staging_params(params["staging"], params)
-    conn, facts = connect_target(report, "staging", sp)
+    conn, facts = connect_target(report, "staging", sp, missing_ok=True)
     if conn is None:
         return facts, None
+    if facts.get("database_missing"):
+        check_can_create_database(report, conn, sp["login_db"])
     conn.close()
     started = time.monotonic()
     if same_database(target_from_params(sp), target_from_params(params)):

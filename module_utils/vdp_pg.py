@@ -83,7 +83,15 @@ def target_from_params(params: dict[str, Any]) -> Target:
 
 
 class ConnectionFailure(Exception):
-    """A connection that could not be made, described in one line without any secret."""
+    """A connection that could not be made, described in one line without any secret.
+
+    `missing_database` tells a missing database (the server answered) from every other failure,
+    for callers that can create it (a restore) or must only say so (preflight of staging).
+    """
+
+    def __init__(self, message: str, missing_database: bool = False) -> None:
+        super().__init__(message)
+        self.missing_database = missing_database
 
 
 def connect(params: dict[str, Any], autocommit: bool = False) -> psycopg.Connection[Any]:
@@ -108,7 +116,9 @@ def connect(params: dict[str, Any], autocommit: bool = False) -> psycopg.Connect
     try:
         conn = psycopg.connect(**kwargs)
     except psycopg.OperationalError as exc:
-        raise ConnectionFailure(describe_connection_error(target, str(exc), params.get("login_password"))) from None
+        text = str(exc)
+        missing = "does not exist" in text and f'database "{target.dbname}"' in text
+        raise ConnectionFailure(describe_connection_error(target, text, params.get("login_password")), missing) from None
     _apply_timeouts(conn, params)
     return conn
 

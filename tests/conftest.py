@@ -23,6 +23,7 @@ import pytest
 
 from tests.support import sandbox as sandbox_support
 from tests.support.modrun import run_module as _run_module
+from tests.support.world import make_world
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # fixtures/ and benchmarks/ are importable as packages
@@ -118,3 +119,10 @@ def empty_db(sandbox: sandbox_support.Sandbox) -> Iterator[Callable[..., dict[st
 @pytest.fixture(scope="session")
 def run_module() -> Callable[..., Any]:
     return _run_module
+
+
+@pytest.fixture
+def world(sandbox: sandbox_support.Sandbox, legacy_template: Callable[..., str], tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Extra vars for one isolated playbook run: a legacy clone as production, a fresh staging db, an S3 prefix, a run id."""
+    with make_world(sandbox, legacy_template(), tmp_path) as w:
+        yield w

@@ -210,6 +210,24 @@ def test_staging_pointing_at_production_is_blocking(
     assert checks_by_name(result)["staging is not production"]["status"] == "blocking"
 
 
+def test_staging_database_not_created_yet_is_fine_but_an_unknown_role_is_not(
+    sandbox: Sandbox, legacy_db: Callable[..., dict[str, Any]], run_module: Callable[..., Any]
+) -> None:
+    db = legacy_db("supabase")
+    args = module_args(sandbox, db)
+    args["staging"]["dbname"] = "staging_not_restored_yet"
+    result = run_module("vdp_preflight", args)
+    checks = checks_by_name(result)
+    assert checks["staging connection"]["status"] == "ok", checks["staging connection"]
+    assert "does not exist yet: the restore creates it" in checks["staging connection"]["detail"]
+    assert checks["staging database creatable"]["status"] == "ok"
+    assert result["go"] is True
+    # Anything else wrong with the staging login stays blocking.
+    args["staging"]["user"] = "no_such_role"
+    refused = run_module("vdp_preflight", args)
+    assert refused["go"] is False and checks_by_name(refused)["staging connection"]["status"] == "blocking"
+
+
 @pytest.mark.parametrize(
     ("s3_change", "status", "needle"),
     [

@@ -7,63 +7,22 @@ database and S3 prefix through extra vars, so it never touches the sandbox's own
 from __future__ import annotations
 
 import json
-import re
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.integration.test_backup import _flip_byte, keys_under, s3_of
 from tests.support.sandbox import Sandbox
+from tests.support.world import play as world_play
+from tests.support.world import recap, record
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE = ("schema_migration", "org_data_migration", "validation")
 
 
-def recap(output: str) -> dict[str, int]:
-    match = re.search(r"localhost\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=\d+\s+failed=(\d+)", output)
-    assert match, output[-3000:]
-    return dict(ok=int(match.group(1)), changed=int(match.group(2)), failed=int(match.group(3)))
-
-
-@pytest.fixture
-def world(sandbox: Sandbox, legacy_template: Callable[..., str], tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """Extra vars for one isolated run: a legacy clone as production, a fresh staging db, an S3 prefix, a run id."""
-    prod_name, stg_name = f"pp_{uuid.uuid4().hex[:8]}", f"ps_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(**sandbox.pg("production", "postgres"), autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{prod_name}" TEMPLATE "{legacy_template()}"')
-    prod, stg = sandbox.pg("production", prod_name), sandbox.pg("staging", stg_name)
-    s3 = sandbox.s3
-    run_id = f"t{uuid.uuid4().hex[:8]}"
-    extra = {
-        "vdp_production_db": prod,
-        "vdp_staging_db": stg,
-        "vdp_s3": dict(s3, prefix=f"test-playbooks/{uuid.uuid4().hex[:10]}", sse="AES256", kms_key_id="", create_bucket=False),
-        "vdp_run_id": run_id,
-        "vdp_run_dir": str(tmp_path / run_id),
-    }
-    (tmp_path / run_id).mkdir()
-    vars_file = tmp_path / "vars.json"
-    vars_file.write_text(json.dumps(extra))
-    yield dict(extra, vars_file=str(vars_file), run_dir=tmp_path / run_id)
-    with psycopg.connect(**sandbox.pg("production", "postgres"), autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{prod_name}" WITH (FORCE)')
-    with psycopg.connect(**sandbox.pg("staging", "postgres"), autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{stg_name}" WITH (FORCE)')
-
-
 def play(box: Sandbox, world: dict[str, Any], playbook: str, *args: str) -> Any:
-    proc = box.playbook(f"playbooks/{playbook}", "-e", f"@{world['vars_file']}", *args, timeout=600)
-    for secret in (box.password, box.s3_secret_key, box.s3_access_key):
-        assert secret not in proc.stdout and secret not in proc.stderr, f"a secret leaked in {playbook}'s output"
-    return proc
-
-
-def record(world: dict[str, Any], name: str) -> dict[str, Any]:
-    return json.loads((world["run_dir"] / f"{name}.json").read_text())
+    return world_play(box, world, f"playbooks/{playbook}", *args)
 
 
 def test_backup_restore_rehearse_go(sandbox: Sandbox, world: dict[str, Any]) -> None:
