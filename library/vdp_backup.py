@@ -33,6 +33,9 @@ description:
   - pg_dump must be at least the server's major version; an older one is refused with the fix named.
 version_added: "1.0.0"
 author: Virtue platform team
+extends_documentation_fragment:
+  - vdp_postgres
+  - vdp_s3
 options:
   state:
     description: C(present) makes this run's backup; C(pruned) applies retention only.

@@ -20,6 +20,8 @@ description:
   - Read-only - it never changes anything, so it runs the same in check mode and always reports changed=false.
 version_added: "1.0.0"
 author: Virtue platform team
+extends_documentation_fragment:
+  - vdp_s3
 options:
   bucket:
     description: S3 bucket.

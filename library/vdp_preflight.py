@@ -27,6 +27,8 @@ description:
   - Returns C(go) with C(blocking) reasons and C(warnings); it does not fail on a no-go so the
     caller can record the report first. It fails only on invalid input.
 version_added: "1.0.0"
+extends_documentation_fragment:
+  - vdp_postgres
 options:
   staging:
     description:
@@ -86,51 +88,6 @@ options:
     description: At most this many sample rows per anomaly kind.
     type: int
     default: 20
-  login_host:
-    description: Production database host (libpq PGHOST when omitted).
-    type: str
-    aliases: [host]
-  login_port:
-    description: Production database port (PGPORT when omitted; 5432 by default).
-    type: int
-    aliases: [port]
-  login_user:
-    description: Production database role (PGUSER when omitted).
-    type: str
-    aliases: [user]
-  login_password:
-    description: Production password (PGPASSWORD when omitted). Never printed.
-    type: str
-    aliases: [password]
-  login_db:
-    description: Production database name (PGDATABASE when omitted).
-    type: str
-    aliases: [db, dbname]
-  ssl_mode:
-    description: libpq sslmode for production.
-    type: str
-    default: prefer
-    choices: [disable, allow, prefer, require, verify-ca, verify-full]
-  ca_cert:
-    description: CA certificate file for production.
-    type: path
-    aliases: [ssl_rootcert]
-  connect_timeout:
-    description: Seconds to wait for each database connection.
-    type: int
-    default: 10
-  application_name:
-    description: C(application_name) of the sessions.
-    type: str
-    default: vdp-runbook
-  lock_timeout:
-    description: C(lock_timeout) of the sessions (the checks take no locks but catalog reads).
-    type: str
-    default: 5s
-  statement_timeout:
-    description: C(statement_timeout) of the sessions; bounds every check query.
-    type: str
-    default: "0"
 attributes:
   check_mode:
     support: full

@@ -29,6 +29,9 @@ description:
     with matching row counts, nothing is done (changed=false) unless I(force=true).
 version_added: "1.0.0"
 author: Virtue platform team
+extends_documentation_fragment:
+  - vdp_postgres
+  - vdp_s3
 options:
   production_host:
     description: Host of the production database (vdp_production_db.host), for the guard.

@@ -29,6 +29,8 @@ description:
   - I(state=recorded) records a version that has no file (the data step, done by the modules).
   - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
 version_added: "1.0.0"
+extends_documentation_fragment:
+  - vdp_postgres
 options:
   state:
     description:
@@ -69,53 +71,6 @@ options:
   run_id:
     description: The runbook run id, stored in the ledger and shown in C(application_name).
     type: str
-  login_host:
-    description: Database host (libpq PGHOST when omitted).
-    type: str
-    aliases: [host]
-  login_port:
-    description: Database port (PGPORT when omitted; 5432 by default).
-    type: int
-    aliases: [port]
-  login_user:
-    description: Database role (PGUSER when omitted). Must own the tables it changes.
-    type: str
-    aliases: [user]
-  login_password:
-    description: Password (PGPASSWORD when omitted). Never printed.
-    type: str
-    aliases: [password]
-  login_db:
-    description: Database name (PGDATABASE when omitted).
-    type: str
-    aliases: [db, dbname]
-  ssl_mode:
-    description: libpq sslmode.
-    type: str
-    default: prefer
-    choices: [disable, allow, prefer, require, verify-ca, verify-full]
-  ca_cert:
-    description: CA certificate file for I(ssl_mode=verify-ca) or C(verify-full).
-    type: path
-    aliases: [ssl_rootcert]
-  connect_timeout:
-    description: Seconds to wait for the connection.
-    type: int
-    default: 10
-  application_name:
-    description:
-      - C(application_name) of the session (what a lock-holder message shows). The default is replaced by
-        C(vdp-runbook/<component> run <run_id>).
-    type: str
-    default: vdp-runbook
-  lock_timeout:
-    description: PostgreSQL C(lock_timeout) of the session; every lock wait is bounded by it.
-    type: str
-    default: 5s
-  statement_timeout:
-    description: PostgreSQL C(statement_timeout) of the session (C(0) = none).
-    type: str
-    default: "0"
 notes:
   - Connection options (I(login_host), I(login_port), I(login_user), I(login_password), I(login_db), I(ssl_mode),
     I(ca_cert), I(connect_timeout), I(application_name), I(lock_timeout), I(statement_timeout)) are named as in

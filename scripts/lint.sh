@@ -6,7 +6,7 @@ BIN=.venv/bin
 status=0
 step() { printf '\n== %s\n' "$1"; shift; "$@" || { echo "FAILED: $*"; status=1; }; }
 
-step "ruff" "$BIN/ruff" check library module_utils tests fixtures scripts benchmarks
+step "ruff" "$BIN/ruff" check library module_utils doc_fragments tests fixtures scripts benchmarks
 step "yamllint" "$BIN/yamllint" -s .
 step "ansible-lint (production profile)" "$BIN/ansible-lint" --profile production -q
 step "ansible-doc renders every module" bash -c '

@@ -1,0 +1,50 @@
+# Documentation of the S3 connection options (module_utils/vdp_s3.py's s3_argument_spec), written once.
+"""Doc fragment: S3 connection options of the vdp_* modules."""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = r"""
+options:
+  endpoint_url:
+    description: S3 endpoint for S3-compatible stores (C(AWS_ENDPOINT_URL_S3) / C(AWS_ENDPOINT_URL)); AWS when empty.
+    type: str
+    aliases: [aws_endpoint_url, s3_url]
+  region:
+    description: Region (C(AWS_REGION) / C(AWS_DEFAULT_REGION)).
+    type: str
+    aliases: [aws_region]
+  access_key:
+    description: Access key id (C(AWS_ACCESS_KEY_ID), else boto3's usual chain). Never printed.
+    type: str
+    aliases: [aws_access_key_id, aws_access_key]
+  secret_key:
+    description: Secret access key (C(AWS_SECRET_ACCESS_KEY)). Never printed.
+    type: str
+    aliases: [aws_secret_access_key, aws_secret_key]
+  session_token:
+    description: Session token (C(AWS_SESSION_TOKEN)). Never printed.
+    type: str
+    aliases: [aws_session_token]
+  validate_certs:
+    description: Verify the endpoint's TLS certificate.
+    type: bool
+    default: true
+  ca_bundle:
+    description: CA bundle for the endpoint's certificate.
+    type: path
+    aliases: [aws_ca_bundle]
+  s3_connect_timeout:
+    description: Seconds to wait for a connection to S3.
+    type: int
+    default: 10
+  s3_read_timeout:
+    description: Seconds to wait for an S3 answer.
+    type: int
+    default: 120
+  s3_max_attempts:
+    description: Attempts per S3 call (boto3 standard retry mode).
+    type: int
+    default: 5
+"""
