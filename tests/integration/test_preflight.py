@@ -300,7 +300,9 @@ def test_playbook_writes_the_report_and_sets_the_fact(
     (tmp_path / "run").mkdir()
     rc, out, report = run_preflight(sandbox, tmp_path, {"preflight_production_db": prod}, "--check")
     assert rc == 0, out[-3000:]
-    assert not report.exists(), "check mode writes no report"
+    assert json.loads(report.read_text())["go"] is True, "a dry run records what it found"
+    assert "changed=0" in out
+    report.unlink()
     rc, out, report = run_preflight(sandbox, tmp_path, {"preflight_production_db": prod})
     assert rc == 0, out[-3000:]
     data = json.loads(report.read_text())
