@@ -8,9 +8,13 @@ into a template database, apply the schema file, VACUUM ANALYZE, then time on fr
                    fails on the first orphan / self / duplicate row: the time until psql gave up, exit code kept)
   seed_sql_clean   the same on the same data without orphan, self and duplicate active relationships (the only
                    data the seed's SQL can migrate against our schema's foreign keys and unique key)
-  engine           the data step as the role runs it - vdp_organization, vdp_feature_flag, vdp_org_membership,
-                   vdp_coach_assignments, ledger record - each a real module process (as Ansible runs them),
-                   on the messy data and on the clean data; plus the in-module work (without Python start-up)
+  engine           the data step as the role runs it (module defaults: batches of 20000, trigger_suppression auto) -
+                   vdp_organization, vdp_feature_flag, vdp_org_membership, vdp_coach_assignments, ledger record -
+                   each a real module process (as Ansible runs them), on the messy data and on the clean data; plus
+                   in_module_ms: the membership and assignments modules' own duration_ms (database work, without
+                   the ~0.2 s Python start-up of each of the five module processes)
+  engine_alter     (--alter-variant) the clean run again with trigger_suppression=alter_table, the path of a
+                   role that may not set session_replication_role
 
 Prints a table with the ratios; --json writes the figures. Benchmarks are not tests: run by hand, e.g.
   .venv/bin/python benchmarks/bench_data_step.py --users 10000 1000000 --port 47310
@@ -20,6 +24,7 @@ Connection: --host/--port/--user (trust or PGPASSWORD). Databases bench_* are cr
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -79,8 +85,27 @@ def check(result: dict[str, Any], what: str) -> dict[str, Any]:
     return result
 
 
+def template_tag(users: int, clean: bool) -> str:
+    """What a kept template was built from: reused (--reuse) only while the loader and schema are unchanged."""
+    digest = hashlib.sha256()
+    sources = [ROOT / "fixtures" / "generate_legacy.py", *sorted((ROOT / "fixtures" / "sql").glob("*.sql"))]
+    for path in [*sources, ROOT / "migrations" / "20250103_organizational_model_schema.sql"]:
+        digest.update(path.read_bytes())
+    return f"vdp bench template users={users} clean={clean} {digest.hexdigest()[:16]}"
+
+
+def reusable(args: argparse.Namespace, name: str, tag: str) -> bool:
+    with admin(args) as conn:
+        row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return bool(row and row[0] == tag)
+
+
 def prepare_template(args: argparse.Namespace, users: int, clean: bool) -> str:
     name = f"bench_tpl_{users}_{'clean' if clean else 'messy'}"
+    tag = template_tag(users, clean)
+    if args.reuse and reusable(args, name, tag):
+        print(f"  template {name}: reused", flush=True)
+        return name
     recreate(args, name)
     started = time.monotonic()
     load_legacy(conninfo(args, name), shape="seed", users=users)
@@ -97,6 +122,8 @@ def prepare_template(args: argparse.Namespace, users: int, clean: bool) -> str:
     )
     with psycopg.connect(**conninfo(args, name), autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
+    with admin(args) as conn:
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(tag)))
     print(f"  template {name}: loaded in {time.monotonic() - started:.1f}s", flush=True)
     return name
 
@@ -104,6 +131,8 @@ def prepare_template(args: argparse.Namespace, users: int, clean: bool) -> str:
 def time_seed_sql(args: argparse.Namespace, template: str) -> dict[str, Any]:
     db = f"{template}_seed"
     recreate(args, db, template)
+    with admin(args) as conn:
+        conn.execute("CHECKPOINT")
     env = dict(os.environ, PGHOST=args.host, PGPORT=str(args.port), PGUSER=args.user, PGDATABASE=db)
     started = time.monotonic()
     proc = subprocess.run(
@@ -129,25 +158,27 @@ DATA_STEP = (
         ),
     ),
     ("vdp_feature_flag", dict(names=["organizational_model", "multi_role_support"], enabled=False, create_only=True)),
-    ("vdp_org_membership", dict(batch_size=5000)),
-    ("vdp_coach_assignments", dict(batch_size=5000)),
+    ("vdp_org_membership", dict()),
+    ("vdp_coach_assignments", dict()),
     ("vdp_schema_migrations", dict(state="recorded", record_version="20250103_organizational_model_data")),
 )
 
 
-def time_engine(args: argparse.Namespace, template: str) -> dict[str, Any]:
+def time_engine(args: argparse.Namespace, template: str, **membership_args: Any) -> dict[str, Any]:
     db = f"{template}_engine"
     recreate(args, db, template)
     steps: dict[str, float] = {}
+    results: dict[str, dict[str, Any]] = {}
+    with admin(args) as conn:
+        conn.execute("CHECKPOINT")  # same start as time_seed_sql's clone: no dirty pages of the clone pending
     started = time.monotonic()
-    membership: dict[str, Any] = {}
     for name, extra in DATA_STEP:
+        extra = dict(extra, **membership_args) if name == "vdp_org_membership" else extra
         t = time.monotonic()
-        result = check(run_module(name, dict(login(args, db), **extra)), name)
+        results[name] = check(run_module(name, dict(login(args, db), **extra)), name)
         steps[name] = round(time.monotonic() - t, 3)
-        if name == "vdp_org_membership":
-            membership = result
     seconds = time.monotonic() - started
+    membership, assignments = results["vdp_org_membership"], results["vdp_coach_assignments"]
     again = time.monotonic()
     changed = [name for name, extra in DATA_STEP if run_module(name, dict(login(args, db), **extra)).get("changed")]
     rerun = time.monotonic() - again
@@ -155,8 +186,12 @@ def time_engine(args: argparse.Namespace, template: str) -> dict[str, Any]:
     return dict(
         seconds=round(seconds, 3),
         steps=steps,
+        in_module_ms=int(membership.get("duration_ms") or 0) + int(assignments.get("duration_ms") or 0),
         membership_batches=membership.get("batches"),
         membership_in_module_ms=membership.get("duration_ms"),
+        trigger_suppression=membership.get("trigger_suppression"),
+        assignments_batches=assignments.get("batches"),
+        assignments_in_module_ms=assignments.get("duration_ms"),
         rerun_seconds=round(rerun, 3),
         rerun_changed=changed,
     )
@@ -179,8 +214,13 @@ def bench(args: argparse.Namespace, users: int) -> dict[str, Any]:
         engine_messy=time_engine(args, messy),
         engine_clean=time_engine(args, clean),
     )
-    row["ratio_clean"] = round(row["engine_clean"]["seconds"] / max(row["seed_sql_clean"]["seconds"], 1e-6), 2)
-    row["ratio_messy_vs_seed_clean"] = round(row["engine_messy"]["seconds"] / max(row["seed_sql_clean"]["seconds"], 1e-6), 2)
+    seed_clean = max(row["seed_sql_clean"]["seconds"], 1e-6)
+    if args.alter_variant:
+        row["engine_alter_clean"] = time_engine(args, clean, trigger_suppression="alter_table")
+        row["ratio_alter_clean"] = round(row["engine_alter_clean"]["seconds"] / seed_clean, 2)
+    row["ratio_clean"] = round(row["engine_clean"]["seconds"] / seed_clean, 2)
+    row["ratio_in_module_clean"] = round(row["engine_clean"]["in_module_ms"] / 1000 / seed_clean, 2)
+    row["ratio_messy_vs_seed_clean"] = round(row["engine_messy"]["seconds"] / seed_clean, 2)
     row["module_peak_rss_mb"] = round(peak_rss_mb(), 1)
     if not args.keep:
         drop(args, messy)
@@ -197,15 +237,32 @@ def main() -> int:
     parser.add_argument("--user", default=os.environ.get("PGUSER", "postgres"))
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the template databases")
+    parser.add_argument(
+        "--alter-variant", action="store_true", help="also time the clean run with trigger_suppression=alter_table"
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse kept templates built from the same loader and schema file (implies --keep)"
+    )
     args = parser.parse_args()
+    args.keep = args.keep or args.reuse
     rows = [bench(args, n) for n in args.users]
-    header = f"{'users':>9} | {'seed SQL messy':>22} | {'seed SQL clean':>14} | {'engine messy':>12} | {'engine clean':>12}"
-    print(f"\n{header} | ratio clean")
+    header = (
+        f"{'users':>9} | {'seed SQL messy':>22} | {'seed SQL clean':>14} | {'engine messy':>12} | {'engine clean':>12} | "
+        f"{'in-module':>9} | ratio clean | in-module ratio"
+    )
+    print(f"\n{header}")
     for r in rows:
         seed_messy = f"{r['seed_sql_messy']['seconds']:.2f}s (exit {r['seed_sql_messy']['exit_code']})"
+        alter = (
+            f" | alter_table: {r['engine_alter_clean']['seconds']:.2f}s ({r['ratio_alter_clean']:.2f}x)"
+            if "engine_alter_clean" in r
+            else ""
+        )
         print(
             f"{r['users']:>9} | {seed_messy:>22} | {r['seed_sql_clean']['seconds']:>13.2f}s | "
-            f"{r['engine_messy']['seconds']:>11.2f}s | {r['engine_clean']['seconds']:>11.2f}s | {r['ratio_clean']:.2f}x"
+            f"{r['engine_messy']['seconds']:>11.2f}s | {r['engine_clean']['seconds']:>11.2f}s | "
+            f"{r['engine_clean']['in_module_ms'] / 1000:>8.2f}s | {r['ratio_clean']:>10.2f}x | "
+            f"{r['ratio_in_module_clean']:>14.2f}x{alter}"
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

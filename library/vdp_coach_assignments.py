@@ -18,8 +18,9 @@ description:
   - Skips, counts and lists (never silently) self-relationships (sponsor = practitioner) and orphan
     relationships (sponsor or practitioner without a profile). Duplicate active rows of a pair give one
     assignment; the collapsed rows are counted.
-  - Inserts in batches of I(batch_size) pairs, one transaction each, C(ON CONFLICT DO NOTHING) on the
-    assignment's unique key. A batch that fails on one bad row is retried row by row, so one bad row never
+  - Inserts in batches of I(batch_size) pairs, one transaction each, in (practitioner, sponsor) order (the unique
+    key's order), C(ON CONFLICT DO NOTHING) on the assignment's unique key.
+    A batch that fails on one bad row is retried row by row, so one bad row never
     sinks the rest; failed rows are reported and fail the task.
   - A re-run finds no pending pair and writes nothing.
   - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
@@ -32,7 +33,7 @@ options:
   batch_size:
     description: Pairs per batch (and per transaction).
     type: int
-    default: 5000
+    default: 20000
   sample_limit:
     description: How many skipped or failed relationships to list in the result.
     type: int
@@ -112,7 +113,7 @@ EXAMPLES = r"""
 - name: Create the coach assignments
   vdp_coach_assignments:
     organization_slug: individual-users
-    batch_size: 5000
+    batch_size: 20000
     login_host: "{{ vdp_production_db.host }}"
     login_db: "{{ vdp_production_db.dbname }}"
     login_user: "{{ vdp_production_db.user }}"
@@ -154,8 +155,13 @@ organization_id:
   description: Id of the organization of the assignments.
   returned: always
   type: str
+duration_ms:
+  description: Wall time of the run's database work (without the module's start-up).
+  returned: always
+  type: int
 """
 
+import time
 import traceback
 from typing import Any
 
@@ -182,7 +188,7 @@ def argument_spec() -> dict[str, Any]:
     spec = pg_connection_argument_spec()
     spec.update(
         organization_slug=dict(type="str", default="individual-users"),
-        batch_size=dict(type="int", default=5000),
+        batch_size=dict(type="int", default=20000),
         sample_limit=dict(type="int", default=20),
         lock_retries=dict(type="int", default=5),
         lock_retry_backoff=dict(type="float", default=1.0),
@@ -193,7 +199,7 @@ def argument_spec() -> dict[str, Any]:
 
 def validate(params: dict[str, Any]) -> str | None:
     if not 1 <= params["batch_size"] <= 1_000_000:
-        return f"batch_size {params['batch_size']} is out of range: use 1 .. 1000000 (default 5000)"
+        return f"batch_size {params['batch_size']} is out of range: use 1 .. 1000000 (default 20000)"
     if not 0 <= params["sample_limit"] <= 10_000:
         return "sample_limit must be between 0 and 10000"
     if not 0 <= params["lock_retries"] <= 50:
@@ -210,13 +216,15 @@ def run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
         org_id = require_organization(conn, p["organization_slug"])
     # In check mode before the schema/organization exist, count as if they did (nothing present yet).
     result["organization_id"] = None if org_id is None else str(org_id)
-    result["not_converted"] = relationship_classes(conn, p["sample_limit"])
     if module.check_mode or has_coach_assignments(conn, org_id):
         plan = assignments_plan(conn, org_id, schema_ready)  # read-only pass: a re-run stops here
-    else:
-        plan = None  # first run: nothing can be present, count while building the pair table
-    if plan is None or (plan["pending"] > 0 and not module.check_mode):
-        plan = build_pairs(conn, org_id)
+        if module.check_mode or plan["pending"] == 0:
+            classes = relationship_classes(conn, p["sample_limit"])
+        else:
+            plan, classes = build_pairs(conn, org_id, p["sample_limit"])
+    else:  # first run: nothing can be present; count and classify while building the pair table
+        plan, classes = build_pairs(conn, org_id, p["sample_limit"], none_present=True)
+    result["not_converted"] = classes
     conn.commit()
     result.update(
         valid_pairs=plan["valid_pairs"],
@@ -265,7 +273,9 @@ def main() -> None:
         failed_rows=dict(count=0, sample=[]),
         batches=dict(count=0, size=module.params["batch_size"], lock_retries=0),
         organization_id=None,
+        duration_ms=0,
     )
+    started = time.monotonic()
     try:
         conn = connect(params)
         try:
@@ -273,6 +283,7 @@ def main() -> None:
                 run(module, conn, result)
         finally:
             conn.close()
+            result["duration_ms"] = int((time.monotonic() - started) * 1000)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear, secret-free line
         msg, details = error_message(exc, params.get("login_password"))
         if not isinstance(exc, EngineError):

@@ -170,6 +170,43 @@ def relationship_classes(conn: Any, sample_limit: int = 20) -> dict[str, dict[st
     }
 
 
+# The same classes when the orphan pairs are already known (the coach-assignments step finds them
+# while it builds its pair table, in the pass that joins every relationship to profiles): self
+# rows need no join at all, and orphan rows are those of the given pairs.
+_SELF_CLASS_SQL = """
+SELECT count(*), count(*) FILTER (WHERE active),
+       (array_agg(ARRAY[id::text, sponsor_id::text, practitioner_id::text, active::text, {ts}]
+                  ORDER BY active DESC, created_at, id))[1:%(limit)s]
+FROM public.sponsor_practitioner_relationships WHERE sponsor_id = practitioner_id
+""".replace("{ts}", _ISO_UTC)
+_ORPHAN_CLASS_SQL = """
+SELECT count(*), count(*) FILTER (WHERE active),
+       (array_agg(ARRAY[id::text, sponsor_id::text, practitioner_id::text, active::text, {ts}]
+                  ORDER BY active DESC, created_at, id))[1:%(limit)s]
+FROM (SELECT r.* FROM public.sponsor_practitioner_relationships r
+      JOIN {pairs} o ON o.sponsor_id = r.sponsor_id AND o.practitioner_id = r.practitioner_id
+      WHERE r.sponsor_id <> r.practitioner_id) c
+""".replace("{ts}", _ISO_UTC)
+
+
+def relationship_classes_given_orphans(conn: Any, orphan_pairs: str, sample_limit: int = 20) -> dict[str, dict[str, Any]]:
+    """relationship_classes' result, the orphan (sponsor_id, practitioner_id) pairs given.
+
+    `orphan_pairs` is a trusted SQL relation (the engine's own session table, never user input) of the
+    distinct non-self pairs whose sponsor or practitioner has no profile.
+    """
+    limit = dict(limit=max(int(sample_limit), 0))
+    with conn.cursor() as cur:
+        cur.execute(_SELF_CLASS_SQL, limit)
+        self_n, self_active, self_sample = cur.fetchone()
+        cur.execute(_ORPHAN_CLASS_SQL.replace("{pairs}", orphan_pairs), limit)
+        orphan_n, orphan_active, orphan_sample = cur.fetchone()
+    return {
+        "self_relationships": dict(count=int(self_n), active=int(self_active), sample=_sample_rows(self_sample)),
+        "orphan_relationships": dict(count=int(orphan_n), active=int(orphan_active), sample=_sample_rows(orphan_sample)),
+    }
+
+
 def relationship_anomalies(conn: Any, sample_limit: int = 20) -> dict[str, dict[str, Any]]:
     """Self, orphan and duplicate-active relationships: each {count, active, sample: [...]}.
 

@@ -26,6 +26,7 @@ from ansible.module_utils.vdp_legacy import (
     LEGACY_CHECKSUM_EXCLUDE,
     LEGACY_TABLES,
     relationship_anomalies,
+    relationship_classes_given_orphans,
     seed_pre_migration_counts,
     table_checksums,
     table_columns,
@@ -641,10 +642,12 @@ def sign_in_expr(source: str | None, profile_alias: str = "p", key: str = "p.id"
 # --------------------------------------------------------------------------- membership
 
 
-def membership_plan(conn: Any, org_id: Any, schema_ready: bool = True) -> dict[str, int]:
+def membership_plan(conn: Any, org_id: Any, schema_ready: bool = True, with_roles: bool = True) -> dict[str, int]:
     """Read-only counts: profiles still to migrate and the roles they would get; current members.
 
     With schema_ready=False (check mode before the schema phase ran) every profile is pending.
+    With with_roles=False (a real run: the batches count the roles they give) the role counts are
+    0 and the role aggregation over every profile and relationship is not paid for.
     """
     if schema_ready:  # a re-run (nothing pending) must not pay for the role aggregation
         with conn.cursor() as cur:
@@ -654,9 +657,14 @@ def membership_plan(conn: Any, org_id: Any, schema_ready: bool = True) -> dict[s
                 (org_id,),
             )
             pending, members, total = cur.fetchone()
-        if pending == 0:
+        if pending == 0 or not with_roles:
             return dict(
-                pending=0, coach_only=0, coach_and_practitioner=0, practitioner_only=0, members=int(members), total=int(total)
+                pending=int(pending),
+                coach_only=0,
+                coach_and_practitioner=0,
+                practitioner_only=0,
+                members=int(members),
+                total=int(total),
             )
     org_column = "p.organization_id" if schema_ready else "NULL::uuid"
     query = f"""
@@ -691,13 +699,44 @@ def pending_profiles(conn: Any) -> int:
         return int(cur.fetchone()[0])
 
 
+# The batches' role lookup. Only coaches need a row: whoever is not a coach gets {practitioner}
+# whatever else is true (ROLES_EXPR), so the table holds the sponsors (about a sixth of the users
+# in the fixture) with their final roles, not every user with two flags. Same rule as
+# ROLE_SOURCES_SQL + ROLES_EXPR, written differently on purpose: validation recomputes the roles
+# with those, so a mistake in either formulation shows up as a roles_rule failure.
+COACH_ROLES_SQL = """
+SELECT c.id,
+       CASE WHEN EXISTS (SELECT 1 FROM public.sponsor_practitioner_relationships a
+                         WHERE a.practitioner_id = c.id AND a.active AND a.sponsor_id <> a.practitioner_id)
+            THEN ARRAY['coach', 'practitioner']::text[] ELSE ARRAY['coach']::text[] END AS roles
+FROM (SELECT DISTINCT r.sponsor_id AS id FROM public.sponsor_practitioner_relationships r
+      WHERE r.sponsor_id <> r.practitioner_id) c
+"""
+NON_COACH_ROLES = "ARRAY['practitioner']::text[]"
+
+# Session-local tables (role lookup, pair list) are read by every batch: room for them in the
+# session's local buffers (default 8MB) avoids re-reading and re-writing their pages. Only takes
+# effect before the session's first use of a temporary table, and only what is used is allocated.
+TEMP_BUFFERS = "64MB"
+
+
+def set_temp_buffers(conn: Any) -> None:
+    """Raise the session's temp_buffers (a no-op once the session has used a temporary table)."""
+    conn.commit()
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT set_config('temp_buffers', %s, false)", (TEMP_BUFFERS,))
+    except psycopg.errors.InvalidParameterValue:  # temporary tables already used in this session
+        pass
+
+
 def build_role_sources(conn: Any) -> None:
-    """Session-local table of role sources (one pass over relationships), so batches use index lookups."""
+    """Session-local table of the coaches' roles (one pass over relationships), so batches use index lookups."""
     with conn.cursor() as cur:
-        cur.execute("DROP TABLE IF EXISTS pg_temp.vdp_role_sources")
-        cur.execute(f"CREATE TEMP TABLE vdp_role_sources AS {ROLE_SOURCES_SQL}")
-        cur.execute("ALTER TABLE pg_temp.vdp_role_sources ADD PRIMARY KEY (id)")
-        cur.execute("ANALYZE pg_temp.vdp_role_sources")
+        cur.execute("DROP TABLE IF EXISTS pg_temp.vdp_coach_roles")
+        cur.execute(f"CREATE TEMP TABLE vdp_coach_roles AS {COACH_ROLES_SQL}")
+        cur.execute("ALTER TABLE pg_temp.vdp_coach_roles ADD PRIMARY KEY (id)")
+        cur.execute("ANALYZE pg_temp.vdp_coach_roles")
     conn.commit()
 
 
@@ -710,12 +749,70 @@ ORDER BY t.tgname
 
 _ENABLE_MODE = {"O": "ENABLE TRIGGER", "A": "ENABLE ALWAYS TRIGGER", "R": "ENABLE REPLICA TRIGGER"}
 
+# Enabled UPDATE rules of profiles (ev_type 2): session_replication_role = replica would silence an
+# origin-mode rule that ALTER TABLE ... DISABLE TRIGGER leaves on; with one, the ALTER path is used.
+_UPDATE_RULES_SQL = """
+SELECT count(*) FROM pg_rewrite
+WHERE ev_class = 'public.profiles'::regclass AND ev_type = '2' AND ev_enabled <> 'D'
+"""
+
+SUPPRESS_AUTO = "auto"
+SUPPRESS_REPLICA = "session_replication_role"
+SUPPRESS_ALTER = "alter_table"
+SUPPRESS_NONE = "none"  # profiles has no enabled UPDATE trigger: nothing to hold off
+
 
 def profile_update_triggers(conn: Any) -> list[tuple[str, str]]:
     """Enabled user triggers that fire on UPDATE of profiles (e.g. the updated_at stamper)."""
     with conn.cursor() as cur:
         cur.execute(_UPDATE_TRIGGERS_SQL)
         return [(r[0], str(r[1])) for r in cur.fetchall()]
+
+
+def _can_set_replica_role(conn: Any) -> bool:
+    """Whether this session may SET session_replication_role (superuser, GRANT SET ON PARAMETER, or
+    a provider's equivalent): tried for real in a transaction that is rolled back."""
+    conn.commit()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET LOCAL session_replication_role = replica")
+        return True
+    except psycopg.errors.InsufficientPrivilege:
+        return False
+    finally:
+        conn.rollback()
+
+
+def replica_role_obstacle(conn: Any, triggers: list[tuple[str, str]]) -> str | None:
+    """Why session_replication_role = replica would NOT hold off exactly the same as disabling the triggers
+    (None when it would): ALWAYS/REPLICA triggers fire in replica mode, an UPDATE rule would be silenced, or
+    the role may not set it."""
+    odd = [name for name, mode in triggers if mode in ("A", "R")]
+    if odd:
+        return f"UPDATE trigger(s) {', '.join(odd)} of profiles are ENABLE ALWAYS/REPLICA (they fire in replica mode)"
+    with conn.cursor() as cur:
+        cur.execute(_UPDATE_RULES_SQL)
+        if int(cur.fetchone()[0]):
+            return "profiles has an UPDATE rule"
+    if not _can_set_replica_role(conn):
+        return "the role may not set session_replication_role (superuser or GRANT SET ON PARAMETER needed)"
+    return None
+
+
+def choose_trigger_suppression(conn: Any, wanted: str, triggers: list[tuple[str, str]]) -> str:
+    """How each batch holds off the profiles' UPDATE triggers: SUPPRESS_REPLICA, SUPPRESS_ALTER or SUPPRESS_NONE."""
+    if not triggers:
+        return SUPPRESS_NONE
+    if wanted == SUPPRESS_ALTER:
+        return SUPPRESS_ALTER
+    obstacle = replica_role_obstacle(conn, triggers)
+    if obstacle is None:
+        return SUPPRESS_REPLICA
+    if wanted == SUPPRESS_REPLICA:
+        raise EngineError(
+            f"trigger_suppression={SUPPRESS_REPLICA} cannot be used here: {obstacle}; use {SUPPRESS_AUTO} or {SUPPRESS_ALTER}"
+        )
+    return SUPPRESS_ALTER
 
 
 def _batch_sql(source: str | None, first: bool) -> str:
@@ -729,11 +826,11 @@ def _batch_sql(source: str | None, first: bool) -> str:
     ), upd AS (
       UPDATE public.profiles t
       SET organization_id = %(org)s,
-          roles = {ROLES_EXPR.format(s="s")},
+          roles = coalesce(s.roles, {NON_COACH_ROLES}),
           is_active = true,
           last_activity = {activity}
       FROM batch b
-      LEFT JOIN pg_temp.vdp_role_sources s ON s.id = b.id
+      LEFT JOIN pg_temp.vdp_coach_roles s ON s.id = b.id
       {join}
       WHERE t.id = b.id AND t.organization_id IS NULL
       RETURNING t.roles
@@ -745,6 +842,17 @@ def _batch_sql(source: str | None, first: bool) -> str:
     """
 
 
+# Every batch is planned as index nested loops: a batch touches batch_size profiles, and a hash or
+# merge join would read the whole table (1M rows) per batch, which the planner picks for batches of
+# ~20000 and more (its random_page_cost assumes uncached index probes). Transaction-local.
+_PIN_BATCH_PLAN = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+
+# The organization row the batch points profiles at, locked as the foreign key's check would lock it,
+# once per batch (replica mode skips the per-row check; see migrate_membership).
+_LOCK_ORGANIZATION_SQL = "SELECT 1 FROM public.organizations WHERE id = %s FOR KEY SHARE"
+_ORGANIZATION_GONE = "the organization was deleted during the run: create it again (vdp_organization) and re-run"
+
+
 @dataclass
 class MembershipProgress:
     migrated: int = 0
@@ -753,6 +861,24 @@ class MembershipProgress:
     batches: int = 0
     lock_retries: int = 0
     max_batch_ms: int = 0
+    trigger_suppression: str = SUPPRESS_ALTER
+
+
+def _batch_prologue(mode: str, triggers: list[tuple[str, str]]) -> sql.Composed:
+    if mode == SUPPRESS_REPLICA:
+        hold_off = [sql.SQL("SET LOCAL session_replication_role = replica")]
+    else:
+        hold_off = [sql.SQL("ALTER TABLE public.profiles DISABLE TRIGGER {}").format(sql.Identifier(n)) for n, _ in triggers]
+    return sql.SQL("; ").join([*hold_off, sql.SQL(_PIN_BATCH_PLAN)])
+
+
+def _batch_epilogue(mode: str, triggers: list[tuple[str, str]]) -> sql.Composed | None:
+    if mode == SUPPRESS_REPLICA or not triggers:
+        return None  # SET LOCAL ends with the transaction
+    return sql.SQL("; ").join(
+        sql.SQL("ALTER TABLE public.profiles {} {}").format(sql.SQL(_ENABLE_MODE.get(m, "ENABLE TRIGGER")), sql.Identifier(n))
+        for n, m in triggers
+    )
 
 
 def migrate_membership(
@@ -764,37 +890,45 @@ def migrate_membership(
     retries: int = 5,
     backoff: float = 1.0,
     max_batches: int = 0,
+    trigger_suppression: str = SUPPRESS_AUTO,
 ) -> MembershipProgress:
     """Keyset-batched UPDATE of profiles not yet migrated; one short transaction (commit) per batch.
 
-    Why the triggers are switched off per batch: the legacy BEFORE UPDATE trigger stamps
-    updated_at = now(), which would rewrite every user's updated_at (a legacy column). We disable
-    exactly the enabled user UPDATE triggers of profiles INSIDE each batch's transaction and restore
-    each to its own mode before COMMIT. ALTER TABLE ... DISABLE TRIGGER is transactional: no other
-    session ever sees the triggers disabled, a crash rolls it back with the batch, and foreign-key
-    (internal) triggers stay on. It needs table ownership (which the schema step needs anyway), not
-    superuser (session_replication_role would, and would also switch off the FK checks). The price:
-    the ALTER takes SHARE ROW EXCLUSIVE on profiles for the batch (writers wait one batch, readers
-    never), bounded by lock_timeout with retries.
+    Why the triggers are held off per batch: the legacy BEFORE UPDATE trigger stamps
+    updated_at = now(), which would rewrite every user's updated_at (a legacy column). Each batch
+    holds off exactly the enabled user UPDATE triggers of profiles INSIDE its own transaction; no
+    other session ever sees them off, and a crash ends it with the batch. Two ways, same effect:
+
+    - session_replication_role = replica (SET LOCAL; default where allowed): origin-mode triggers do
+      not fire for this transaction. No table lock at all. Also skips the per-row foreign-key check
+      of organization_id, which is NOT VALID until the indexes step VALIDATEs every row; the batch
+      locks the organization row FOR KEY SHARE itself (what each row's check would do), so it cannot
+      be deleted under the batch. Used only when nothing else differs: no ENABLE ALWAYS/REPLICA
+      UPDATE trigger, no UPDATE rule, and the role may set it (superuser or GRANT SET ON PARAMETER).
+    - ALTER TABLE ... DISABLE TRIGGER <each> and ENABLE (each to its own mode) before COMMIT: needs
+      only table ownership; takes SHARE ROW EXCLUSIVE on profiles for the batch (writers wait one
+      batch, readers never), bounded by lock_timeout with retries; foreign-key checks stay on.
     """
+    set_temp_buffers(conn)
     build_role_sources(conn)
     triggers = profile_update_triggers(conn)
-    progress = MembershipProgress()
+    mode = choose_trigger_suppression(conn, trigger_suppression, triggers)
+    prologue, epilogue = _batch_prologue(mode, triggers), _batch_epilogue(mode, triggers)
+    progress = MembershipProgress(trigger_suppression=mode)
     after: Any = None
     while True:
 
         def one_batch(after: Any = after) -> tuple[int, int, int, Any]:
             with conn.cursor() as cur:
-                for name, _mode in triggers:
-                    cur.execute(sql.SQL("ALTER TABLE public.profiles DISABLE TRIGGER {}").format(sql.Identifier(name)))
+                cur.execute(prologue)
+                if mode == SUPPRESS_REPLICA:
+                    cur.execute(_LOCK_ORGANIZATION_SQL, (org_id,))
+                    if cur.fetchone() is None:
+                        raise EngineError(_ORGANIZATION_GONE)
                 cur.execute(_batch_sql(source, after is None), dict(after=after, limit=batch_size, org=org_id))
                 row = cur.fetchone()
-                for name, mode in triggers:
-                    cur.execute(
-                        sql.SQL("ALTER TABLE public.profiles {} {}").format(
-                            sql.SQL(_ENABLE_MODE.get(mode, "ENABLE TRIGGER")), sql.Identifier(name)
-                        )
-                    )
+                if epilogue is not None:
+                    cur.execute(epilogue)
             conn.commit()
             return int(row[0]), int(row[1]), int(row[2]), row[3]
 
@@ -816,7 +950,7 @@ def migrate_membership(
         if pause > 0:
             time.sleep(pause)
     with conn.cursor() as cur:
-        cur.execute("DROP TABLE IF EXISTS pg_temp.vdp_role_sources")
+        cur.execute("DROP TABLE IF EXISTS pg_temp.vdp_coach_roles")
     conn.commit()
     return progress
 
@@ -887,34 +1021,66 @@ def has_coach_assignments(conn: Any, org_id: Any) -> bool:
         return bool(cur.fetchone()[0])
 
 
-def build_pairs(conn: Any, org_id: Any) -> dict[str, int]:
-    """Session-local table of every valid pair (one read pass), flagged when its assignment exists.
+# Every non-self pair of the relationships, in one pass with two hash joins to profiles: whether a
+# person of the pair has no profile (orphan), its active rows and their earliest created_at. The
+# valid pairs are what assignments_plan's VALID_PAIRS_SQL selects (not orphan, an active row); the
+# orphan pairs give the report's orphan relationships without a second pass over every row.
+ALL_PAIRS_SQL = """
+SELECT r.practitioner_id, r.sponsor_id,
+       ps.id IS NULL OR pp.id IS NULL AS orphan,
+       min(r.created_at) FILTER (WHERE r.active) AS assigned_at,
+       count(*) FILTER (WHERE r.active) AS source_rows
+FROM public.sponsor_practitioner_relationships r
+LEFT JOIN public.profiles ps ON ps.id = r.sponsor_id
+LEFT JOIN public.profiles pp ON pp.id = r.practitioner_id
+WHERE r.sponsor_id <> r.practitioner_id
+GROUP BY r.practitioner_id, r.sponsor_id, ps.id IS NULL OR pp.id IS NULL
+"""
+ORPHAN_PAIRS = "(SELECT sponsor_id, practitioner_id FROM pg_temp.vdp_pairs WHERE orphan)"
 
-    Returns the same counts as assignments_plan, computed from the small table (no second pass).
+
+def build_pairs(
+    conn: Any, org_id: Any, sample_limit: int = 20, none_present: bool = False
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """Session-local table of every non-self pair (one read pass); the valid ones still without their
+    assignment are flagged `pending`. Returns (the counts of assignments_plan, relationship_classes' result),
+    both computed from this table: no second pass over the relationships.
+
+    none_present: the organization has no coach assignment yet (checked under the migration lock), so no
+    pair needs the existence probe.
+    The pairs are stored and batched in (practitioner_id, sponsor_id) order, the leading columns of
+    the assignments' unique key: each batch inserts into a narrow range of that index and reads the
+    pair table sequentially (measured at 1M users, with the sponsor order inside each batch, see
+    _INSERT_BATCH_SQL: ~1.5 s less than batches in (sponsor_id, practitioner_id) order).
     """
-    exists = _ASSIGNMENT_EXISTS.format(v="v")
+    valid = "NOT v.orphan AND v.source_rows > 0"
+    pending = valid if none_present else f"CASE WHEN {valid} THEN NOT {_ASSIGNMENT_EXISTS.format(v='v')} ELSE false END"
+    set_temp_buffers(conn)
     with conn.cursor() as cur:
         cur.execute("DROP TABLE IF EXISTS pg_temp.vdp_pairs")
         cur.execute(
-            f"CREATE TEMP TABLE vdp_pairs AS WITH v AS ({VALID_PAIRS_SQL}) SELECT v.*, {exists} AS present FROM v",
+            f"CREATE TEMP TABLE vdp_pairs AS SELECT v.*, {pending} AS pending FROM ({ALL_PAIRS_SQL}) v "
+            "ORDER BY v.practitioner_id, v.sponsor_id",
             dict(org=org_id),
         )
-        cur.execute("ALTER TABLE pg_temp.vdp_pairs ADD PRIMARY KEY (sponsor_id, practitioner_id)")
+        cur.execute("ALTER TABLE pg_temp.vdp_pairs ADD PRIMARY KEY (practitioner_id, sponsor_id)")
         cur.execute("ANALYZE pg_temp.vdp_pairs")
         cur.execute(
-            "SELECT count(*), count(*) FILTER (WHERE present), coalesce(sum(source_rows), 0), "
-            "count(*) FILTER (WHERE source_rows > 1) FROM pg_temp.vdp_pairs"
+            "SELECT count(*), count(*) FILTER (WHERE pending), coalesce(sum(source_rows), 0), "
+            "count(*) FILTER (WHERE source_rows > 1) FROM pg_temp.vdp_pairs WHERE NOT orphan AND source_rows > 0"
         )
-        pairs, present, rows, duplicated = cur.fetchone()
+        pairs, todo, rows, duplicated = cur.fetchone()
+    classes = relationship_classes_given_orphans(conn, ORPHAN_PAIRS, sample_limit)
     conn.commit()
-    return dict(
+    plan = dict(
         valid_pairs=int(pairs),
-        already_present=int(present),
-        pending=int(pairs) - int(present),
+        already_present=int(pairs) - int(todo),
+        pending=int(todo),
         valid_active_rows=int(rows),
         duplicate_pairs=int(duplicated),
         duplicate_rows_collapsed=int(rows) - int(pairs),
     )
+    return plan, classes
 
 
 def drop_pairs(conn: Any) -> None:
@@ -925,22 +1091,25 @@ def drop_pairs(conn: Any) -> None:
 
 _PAIR_BATCH_SQL = """
 SELECT sponsor_id, practitioner_id, assigned_at FROM pg_temp.vdp_pairs
-WHERE NOT present {cond} ORDER BY sponsor_id, practitioner_id LIMIT %(limit)s
+WHERE pending {cond} ORDER BY practitioner_id, sponsor_id LIMIT %(limit)s
 """
 
 # One statement per batch, server side: the batch is read from the session's pair table and
-# inserted without a round trip of its rows through the controller.
+# inserted without a round trip of its rows through the controller. The batch is a range of
+# practitioners (keyset order); its rows are inserted in sponsor order, which is the order the
+# foreign-key checks run in (after the statement, one per row and key): the sponsors' profiles are
+# then looked up in one ascending sweep instead of at random (measured at 1M users: ~1 s less).
 _INSERT_BATCH_SQL = f"""
 WITH batch AS ({_PAIR_BATCH_SQL}),
 ins AS (
   INSERT INTO public.practitioner_assignments
     (practitioner_id, supervisor_id, supervisor_role, organization_id, assigned_at, active)
-  SELECT b.practitioner_id, b.sponsor_id, 'coach', %(org)s, b.assigned_at, true FROM batch b
+  SELECT b.practitioner_id, b.sponsor_id, 'coach', %(org)s, b.assigned_at, true FROM batch b ORDER BY b.sponsor_id
   ON CONFLICT (practitioner_id, supervisor_id, supervisor_role, organization_id) DO NOTHING
   RETURNING 1
 ),
-last AS (SELECT sponsor_id, practitioner_id FROM batch ORDER BY sponsor_id DESC, practitioner_id DESC LIMIT 1)
-SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM batch), (SELECT sponsor_id FROM last), (SELECT practitioner_id FROM last)
+last AS (SELECT practitioner_id, sponsor_id FROM batch ORDER BY practitioner_id DESC, sponsor_id DESC LIMIT 1)
+SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM batch), (SELECT practitioner_id FROM last), (SELECT sponsor_id FROM last)
 """
 
 _INSERT_ASSIGNMENTS_SQL = """
@@ -972,9 +1141,10 @@ def _insert_rows(conn: Any, org_id: Any, rows: list[tuple[Any, Any, Any]]) -> in
 
 
 def _keyset(after: tuple[Any, Any] | None) -> tuple[str, dict[str, Any]]:
+    """Keyset condition after the (practitioner_id, sponsor_id) of the previous batch's last pair."""
     if after is None:
         return "", {}
-    return "AND (sponsor_id, practitioner_id) > (%(s)s, %(p)s)", dict(s=after[0], p=after[1])
+    return "AND (practitioner_id, sponsor_id) > (%(p)s, %(s)s)", dict(p=after[0], s=after[1])
 
 
 def _insert_one_by_one(
@@ -995,7 +1165,7 @@ def _insert_one_by_one(
             progress.failed_count += 1
             if len(progress.failed) < sample_limit:
                 progress.failed.append(dict(sponsor_id=str(row[0]), practitioner_id=str(row[1]), error=_first_line(exc)))
-    return (rows[-1][0], rows[-1][1]) if rows else None
+    return (rows[-1][1], rows[-1][0]) if rows else None  # (practitioner_id, sponsor_id)
 
 
 def migrate_assignments(
@@ -1015,12 +1185,12 @@ def migrate_assignments(
         def batch(cond: str = cond, args: dict[str, Any] = args) -> tuple[int, int, Any, Any]:
             with conn.cursor() as cur:
                 cur.execute(_INSERT_BATCH_SQL.format(cond=cond), dict(args, limit=batch_size, org=org_id))
-                inserted, taken, last_s, last_p = cur.fetchone()
+                inserted, taken, last_p, last_s = cur.fetchone()
             conn.commit()
-            return int(inserted), int(taken), last_s, last_p
+            return int(inserted), int(taken), last_p, last_s
 
         try:
-            (inserted, taken, last_s, last_p), attempts = with_lock_retry(
+            (inserted, taken, last_p, last_s), attempts = with_lock_retry(
                 batch, conn.rollback, retries=retries, backoff_seconds=backoff
             )
         except (psycopg.errors.IntegrityError, psycopg.errors.DataError):
@@ -1035,7 +1205,7 @@ def migrate_assignments(
         progress.batches += 1
         progress.inserted += inserted
         progress.lock_retries += attempts - 1
-        after = (last_s, last_p)
+        after = (last_p, last_s)
         if taken < batch_size:
             break
     drop_pairs(conn)
@@ -1051,9 +1221,12 @@ def data_step_checksum() -> str:
         (
             ROLE_SOURCES_SQL,
             ROLES_EXPR,
+            COACH_ROLES_SQL,
+            _PIN_BATCH_PLAN,
             _batch_sql("profiles", False),
             _batch_sql("auth.users", False),
             VALID_PAIRS_SQL,
+            ALL_PAIRS_SQL,
             _INSERT_BATCH_SQL,
         )
     )

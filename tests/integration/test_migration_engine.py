@@ -282,6 +282,75 @@ def test_no_statement_locks_more_than_one_batch_of_profiles(db: Any, run_module:
     assert 0 < peak <= 150
 
 
+def test_trigger_suppression_falls_back_where_replica_mode_would_differ(db: Any, run_module: Any) -> None:
+    # An ENABLE ALWAYS updated_at trigger fires even under session_replication_role = replica: forcing replica mode
+    # is refused before any write, auto disables the triggers per batch instead and restores the ALWAYS mode.
+    info = db()
+    assert not apply_schema(run_module, info).failed
+    assert not run_module("vdp_organization", dict(login(info), slug="individual-users", name="Individual Users")).failed
+    with connect(info) as conn:
+        conn.execute("ALTER TABLE public.profiles ENABLE ALWAYS TRIGGER profiles_set_updated_at")
+    stamps = "SELECT md5(string_agg(id::text || updated_at::text, ',' ORDER BY id)) FROM public.profiles"
+    before, before_fp = scalar(info, stamps), fingerprint(info)
+    forced = run_module("vdp_org_membership", dict(login(info), trigger_suppression="session_replication_role"))
+    assert forced.failed and "ENABLE ALWAYS/REPLICA" in forced["msg"] and "alter_table" in forced["msg"]
+    assert fingerprint(info) == before_fp  # nothing written, not even the capacity raise or the baseline
+    result = run_module("vdp_org_membership", dict(login(info), batch_size=700))
+    assert not result.failed, result.get("msg")
+    assert result["trigger_suppression"] == "alter_table" and result["remaining"] == 0
+    assert scalar(info, stamps) == before
+    assert scalar(info, "SELECT tgenabled FROM pg_trigger WHERE tgname = 'profiles_set_updated_at'") == "A"
+
+
+def test_replica_mode_only_for_a_role_allowed_to_set_it(db: Any) -> None:
+    import importlib
+
+    import ansible.module_utils as mu
+
+    if str(ROOT / "module_utils") not in list(mu.__path__):
+        mu.__path__.append(str(ROOT / "module_utils"))
+    engine: Any = importlib.import_module("ansible.module_utils.vdp_migration")
+    info = db()
+    role = f"vdp_plain_{os.getpid()}"
+    triggers = [("profiles_set_updated_at", "O")]
+    with connect(info, autocommit=False) as conn:
+        assert engine.choose_trigger_suppression(conn, "auto", triggers) == "session_replication_role"
+        assert engine.choose_trigger_suppression(conn, "auto", []) == "none"
+        conn.execute(f'CREATE ROLE "{role}" NOLOGIN')
+        conn.execute(f'SET ROLE "{role}"')
+        conn.commit()
+        try:
+            assert engine.choose_trigger_suppression(conn, "auto", triggers) == "alter_table"
+            with pytest.raises(engine.EngineError, match="may not set session_replication_role"):
+                engine.choose_trigger_suppression(conn, "session_replication_role", triggers)
+        finally:
+            conn.rollback()
+            conn.execute("RESET ROLE")
+            conn.execute(f'DROP ROLE "{role}"')
+            conn.commit()
+
+
+def test_assignments_rerun_after_a_partial_loss_inserts_only_the_missing(db: Any, run_module: Any) -> None:
+    # The second run's path: some assignments present, so the pair table probes each pair; the relationship
+    # report it derives from that table equals the read-only one of check mode.
+    info = db()
+    assert not apply_schema(run_module, info).failed
+    first = data_step(run_module, info)["assignments"]
+    reference = migrated_state(info)["assignments"]
+    with connect(info) as conn:
+        conn.execute(
+            "DELETE FROM public.practitioner_assignments WHERE id IN "
+            "(SELECT id FROM public.practitioner_assignments ORDER BY supervisor_id DESC LIMIT 7)"
+        )
+    check = run_module("vdp_coach_assignments", dict(login(info), batch_size=100), check=True)
+    again = run_module("vdp_coach_assignments", dict(login(info), batch_size=100))
+    assert not again.failed, again.get("msg")
+    assert (check["inserted"], again["inserted"]) == (7, 7)
+    assert again["already_present"] == first["valid_pairs"] - 7
+    assert again["not_converted"] == check["not_converted"] == first["not_converted"]
+    assert migrated_state(info)["assignments"] == reference
+
+
 # --------------------------------------------------------------------------- ledger
 
 

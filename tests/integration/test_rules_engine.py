@@ -26,6 +26,7 @@ from tests.integration.test_engine_support import (
     full_migration,
     login,
     manifest,
+    migrated_state,
     rows,
     scalar,
 )
@@ -216,6 +217,27 @@ def test_legacy_triggers_policies_and_view_survive(migrated: Migrated) -> None:
     assert scalar(info, "SELECT count(*) FROM public.sponsor_practitioner_overview") == scalar(
         info, "SELECT count(*) FROM public.sponsor_practitioner_relationships"
     )
+
+
+def test_both_trigger_suppressions_give_the_same_result(
+    migrated: Migrated, sandbox: Any, legacy_template: Any, run_module: Any
+) -> None:
+    # The fixture ran as a superuser: replica mode (no table lock, the organization FK checked by the batch's own
+    # row lock and later VALIDATE). A role that may not set it gets ALTER TABLE ... DISABLE TRIGGER per batch:
+    # the same profiles and assignments, updated_at included, and the trigger back in its mode.
+    assert migrated.results["membership"]["trigger_suppression"] == "session_replication_role"
+    info = clone(sandbox, legacy_template(migrated.shape, USERS))
+    try:
+        assert not apply_schema(run_module, info).failed
+        results = data_step(run_module, info, trigger_suppression="alter_table")
+        assert results["membership"]["trigger_suppression"] == "alter_table"
+        state, reference = migrated_state(info), migrated_state(migrated.info)
+        assert (state["profiles"], state["assignments"]) == (reference["profiles"], reference["assignments"])
+        assert legacy_snapshot(info, migrated.shape) == migrated.before
+        assert scalar(info, "SELECT tgenabled FROM pg_trigger WHERE tgname = 'profiles_set_updated_at'") == "O"
+        assert not apply_schema(run_module, info, [INDEXES_V]).failed  # VALIDATE of the organization FK passes
+    finally:
+        drop(sandbox, info)
 
 
 @pytest.mark.parametrize("table", ["public.organizations", "public.practitioner_assignments"])
