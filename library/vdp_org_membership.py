@@ -31,6 +31,8 @@ description:
   - Stores the legacy baseline (content checksums) before its first write when none exists yet.
   - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
 version_added: "1.0.0"
+extends_documentation_fragment:
+  - vdp_postgres
 options:
   organization_slug:
     description: Slug of the organization the profiles join (it must exist; see vdp_organization).
@@ -93,53 +95,6 @@ options:
   run_id:
     description: The runbook run id, stored with the baseline and shown in C(application_name).
     type: str
-  login_host:
-    description: Database host (libpq PGHOST when omitted).
-    type: str
-    aliases: [host]
-  login_port:
-    description: Database port (PGPORT when omitted; 5432 by default).
-    type: int
-    aliases: [port]
-  login_user:
-    description: Database role (PGUSER when omitted). Must own the tables it changes.
-    type: str
-    aliases: [user]
-  login_password:
-    description: Password (PGPASSWORD when omitted). Never printed.
-    type: str
-    aliases: [password]
-  login_db:
-    description: Database name (PGDATABASE when omitted).
-    type: str
-    aliases: [db, dbname]
-  ssl_mode:
-    description: libpq sslmode.
-    type: str
-    default: prefer
-    choices: [disable, allow, prefer, require, verify-ca, verify-full]
-  ca_cert:
-    description: CA certificate file for I(ssl_mode=verify-ca) or C(verify-full).
-    type: path
-    aliases: [ssl_rootcert]
-  connect_timeout:
-    description: Seconds to wait for the connection.
-    type: int
-    default: 10
-  application_name:
-    description:
-      - C(application_name) of the session (what a lock-holder message shows). The default is replaced by
-        C(vdp-runbook/<component> run <run_id>).
-    type: str
-    default: vdp-runbook
-  lock_timeout:
-    description: PostgreSQL C(lock_timeout) of the session; every lock wait is bounded by it.
-    type: str
-    default: 5s
-  statement_timeout:
-    description: PostgreSQL C(statement_timeout) of the session (C(0) = none).
-    type: str
-    default: "0"
 attributes:
   check_mode:
     support: full
