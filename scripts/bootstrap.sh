@@ -41,4 +41,4 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements-dev.txt
   echo "$want" > "$STAMP"
 fi
-log "ready: $("$VENV/bin/ansible" --version | head -1), PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), $("$VENV/bin/weed" version 2>/dev/null | awk '{print $3}' | head -1 | sed 's/^/SeaweedFS /')"
+log "ready: $("$VENV/bin/ansible" --version | sed -n 1p), PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), $("$VENV/bin/weed" version 2>/dev/null | awk '{print $3}' | head -1 | sed 's/^/SeaweedFS /')"
