@@ -14,7 +14,7 @@ and prints throughput ratios (targets: backup >= 0.8x plain, restore <= 1.2x pla
 Each vdp_* call is a real module process (as Ansible runs it), Python start-up included.
 Benchmarks are not tests: run by hand, e.g.
   PGPASSWORD=... AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... .venv/bin/python benchmarks/bench_backup.py \\
-      --users 100000 1000000 --prod-port 55432 --staging-port 55433 --s3-endpoint http://127.0.0.1:55434
+      --users 100000 1000000 --prod-port 15432 --staging-port 15433 --s3-endpoint http://127.0.0.1:15434
 Databases bench_bk_* are created and dropped; backups go under the prefix bench/<timestamp>/ and are deleted.
 """
 
@@ -191,10 +191,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--users", type=int, nargs="+", default=[100_000])
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--prod-port", type=int, default=55432)
-    p.add_argument("--staging-port", type=int, default=55433)
+    p.add_argument("--prod-port", type=int, default=15432)
+    p.add_argument("--staging-port", type=int, default=15433)
     p.add_argument("--user", default="postgres")
-    p.add_argument("--s3-endpoint", default="http://127.0.0.1:55434")
+    p.add_argument("--s3-endpoint", default="http://127.0.0.1:15434")
     p.add_argument("--bucket", default="vdp-backups")
     p.add_argument("--repeat", type=int, default=2, help="backup timings per size (best is compared)")
     p.add_argument("--workdir", default=tempfile.gettempdir())

@@ -65,10 +65,10 @@ author:
 EXAMPLES = r"""
 - name: Start SeaweedFS for the sandbox
   vdp_sandbox_process:
-    argv: ["{{ weed_bin }}", mini, "-dir={{ sandbox_dir }}/s3", "-s3.port=55434"]
+    argv: ["{{ weed_bin }}", mini, "-dir={{ sandbox_dir }}/s3", "-s3.port=15434"]
     pidfile: "{{ sandbox_dir }}/s3/weed.pid"
     logfile: "{{ sandbox_dir }}/s3/weed.log"
-    wait_port: 55434
+    wait_port: 15434
 
 - name: Stop it
   vdp_sandbox_process:

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS="${1:-100000}"
 BOX="${VDP_SANDBOX_DIR:-$PWD/.sandbox}"
-BASE="${VDP_SANDBOX_PORT_BASE:-55430}"
+BASE="${VDP_SANDBOX_PORT_BASE:-15430}"
 mkdir -p benchmarks/results
 # Credentials travel in the environment of the benchmark processes only, never on a command line.
 PGPASSWORD="$(head -1 "$BOX/secrets/postgres_password")"

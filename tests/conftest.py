@@ -1,7 +1,7 @@
 """Session fixtures: a real sandbox (PostgreSQL x2 + SeaweedFS S3) and legacy databases built from the fixture.
 
 - `sandbox`: the project's own sandbox role started once per test session in a temp folder on ports
-  VDP_TEST_PORT_BASE (default 45430) .. +13; stopped at the end (VDP_TEST_KEEP_SANDBOX=1 keeps it).
+  VDP_TEST_PORT_BASE (default 25430) .. +13; stopped at the end (VDP_TEST_KEEP_SANDBOX=1 keeps it).
 - `legacy_db(shape, users, seed)`: a fresh database holding the legacy fixture. Each (shape, users, seed) is
   generated once into a template database; every call clones it (CREATE DATABASE ... TEMPLATE), so tests
   are isolated and fast.
@@ -36,7 +36,7 @@ def project_root() -> Path:
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[sandbox_support.Sandbox]:
-    port_base = int(os.environ.get("VDP_TEST_PORT_BASE", "45430"))
+    port_base = int(os.environ.get("VDP_TEST_PORT_BASE", "25430"))
     keep = os.environ.get("VDP_TEST_KEEP_SANDBOX") == "1"
     folder = Path(os.environ.get("VDP_TEST_SANDBOX_DIR") or tempfile.mkdtemp(prefix="vdp-test-sandbox-"))
     os.chmod(folder, 0o755)  # noqa: S103 - the postgres system user must traverse it

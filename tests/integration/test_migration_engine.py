@@ -97,7 +97,9 @@ def test_check_mode_reports_counts_and_writes_nothing(sandbox: Any, db: Any, tmp
     assert f"migrated: {USERS}" in data_out  # the membership count it would change
     assert "inserted: " in data_out and "inserted: 0" not in data_out
     assert recap(procs[0])["changed"] >= 1 and recap(procs[1])["changed"] >= 4
-    assert not (tmp_path / "run" / "data.json").exists()
+    # The run record is a log, written in --check too (what the dry run found), the databases untouched.
+    record = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert record["membership"]["migrated"] == USERS and record["assignments"]["inserted"] > 0
 
 
 def test_check_mode_after_a_real_run_reports_no_change(sandbox: Any, db: Any, tmp_path: Path, run_module: Any) -> None:

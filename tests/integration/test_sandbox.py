@@ -15,7 +15,7 @@ import pytest
 from tests.support import sandbox as sb
 
 # A second sandbox, separate from the session one, so stopping it cannot disturb other tests.
-PORT_BASE = 44430
+PORT_BASE = 26430
 
 
 def changed_count(output: str) -> int:
@@ -118,8 +118,9 @@ def test_up_down_up_is_idempotent_and_stops_exactly_its_processes(box_dir: Path,
 def test_up_refuses_a_port_taken_by_someone_else() -> None:
     folder = Path(tempfile.mkdtemp(prefix="vdp-sandbox-squatted-"))
     folder.chmod(0o755)
-    base = 44530
+    base = 26530
     with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT left by an earlier run is fine
         squatter.bind(("127.0.0.1", base + 4))
         squatter.listen()
         env = sb.playbook_env(folder, base)

@@ -1,7 +1,7 @@
 """The test suite's own sandbox: the project's sandbox role, started in a temporary folder on other ports.
 
-Tests never touch the demo sandbox (.sandbox/, ports 55432-55443): they use VDP_SANDBOX_PORT_BASE
-(default 45430) and a folder under the system temp dir, so `make demo` and `make test` can run side by side.
+Tests never touch the demo sandbox (.sandbox/, ports 15432-15443): they use VDP_SANDBOX_PORT_BASE
+(default 25430) and a folder under the system temp dir, so `make demo` and `make test` can run side by side.
 """
 
 from __future__ import annotations

@@ -131,6 +131,20 @@ def test_data_step_checksum_is_stable_sha256(engine: Any) -> None:
     assert len(engine.data_step_checksum()) == 64
 
 
+def test_membership_batch_holds_triggers_off_inside_its_own_transaction(engine: Any) -> None:
+    triggers = [("profiles_set_updated_at", "O"), ("audit", "A")]
+    alter = engine._batch_prologue("alter_table", triggers).as_string(None)
+    assert 'DISABLE TRIGGER "profiles_set_updated_at"' in alter and 'DISABLE TRIGGER "audit"' in alter
+    restore = engine._batch_epilogue("alter_table", triggers).as_string(None)
+    assert 'ENABLE TRIGGER "profiles_set_updated_at"' in restore and 'ENABLE ALWAYS TRIGGER "audit"' in restore
+    replica = engine._batch_prologue("session_replication_role", triggers).as_string(None)
+    assert "SET LOCAL session_replication_role = replica" in replica and "ALTER" not in replica
+    assert engine._batch_epilogue("session_replication_role", triggers) is None  # SET LOCAL ends with the batch
+    for mode in ("alter_table", "session_replication_role", "none"):  # every batch: index nested loops only
+        text = engine._batch_prologue(mode, triggers if mode != "none" else []).as_string(None)
+        assert "SET LOCAL enable_hashjoin = off" in text and "SET LOCAL enable_mergejoin = off" in text
+
+
 def test_application_name_carries_component_and_run_id(engine: Any) -> None:
     assert engine.application_name({"application_name": "vdp-runbook", "run_id": "20261125T0915Z-ab12"}, "membership") == (
         "vdp-runbook/membership run 20261125T0915Z-ab12"
