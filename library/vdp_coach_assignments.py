@@ -117,7 +117,6 @@ duration_ms:
 """
 
 import time
-import traceback
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
@@ -128,15 +127,15 @@ from ansible.module_utils.vdp_migration import (
     assignments_plan,
     build_pairs,
     drop_pairs,
-    error_message,
     has_coach_assignments,
     migrate_assignments,
     organization_id,
     require_organization,
     require_target_schema,
+    run_locked,
     target_schema_missing,
 )
-from ansible.module_utils.vdp_pg import connect, migration_lock, pg_connection_argument_spec
+from ansible.module_utils.vdp_pg import pg_connection_argument_spec
 
 
 def argument_spec() -> dict[str, Any]:
@@ -212,6 +211,14 @@ def run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
         )
 
 
+def timed_run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
+    started = time.monotonic()
+    try:
+        run(module, conn, result)
+    finally:
+        result["duration_ms"] = int((time.monotonic() - started) * 1000)
+
+
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     problem = validate(module.params)
@@ -230,25 +237,7 @@ def main() -> None:
         organization_id=None,
         duration_ms=0,
     )
-    started = time.monotonic()
-    try:
-        conn = connect(params)
-        try:
-            with migration_lock(conn):
-                run(module, conn, result)
-        finally:
-            conn.close()
-            result["duration_ms"] = int((time.monotonic() - started) * 1000)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear, secret-free line
-        msg, details = error_message(exc, params.get("login_password"))
-        if not isinstance(exc, EngineError):
-            details["exception"] = traceback.format_exc()
-        result.pop("diff", None)
-        result.update(details)
-        module.fail_json(msg=msg, **result)
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    run_locked(module, params, result, timed_run)
 
 
 if __name__ == "__main__":

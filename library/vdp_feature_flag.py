@@ -106,13 +106,12 @@ removed:
 """
 
 import re
-import traceback
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.vdp_legacy import table_exists
-from ansible.module_utils.vdp_migration import EngineError, application_name, error_message
-from ansible.module_utils.vdp_pg import connect, migration_lock, pg_connection_argument_spec
+from ansible.module_utils.vdp_migration import EngineError, application_name, run_locked
+from ansible.module_utils.vdp_pg import pg_connection_argument_spec
 
 try:
     from psycopg import sql
@@ -223,22 +222,7 @@ def main() -> None:
         module.fail_json(msg=problem)
     params = dict(module.params, application_name=application_name(module.params, "feature-flag"))
     result: dict[str, Any] = dict(changed=False, flags={}, created=[], updated=[], removed=[])
-    try:
-        conn = connect(params)
-        try:
-            with migration_lock(conn):
-                run(module, conn, result)
-        finally:
-            conn.close()
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear, secret-free line
-        msg, details = error_message(exc, params.get("login_password"))
-        if not isinstance(exc, EngineError):
-            details["exception"] = traceback.format_exc()
-        result.pop("diff", None)
-        module.fail_json(msg=msg, **details, **result)
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    run_locked(module, params, result, run)
 
 
 if __name__ == "__main__":

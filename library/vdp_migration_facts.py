@@ -138,7 +138,6 @@ report:
   type: dict
 """
 
-import traceback
 from dataclasses import asdict
 from typing import Any
 
@@ -147,9 +146,8 @@ from ansible.module_utils.vdp_legacy import detect_sign_in_source, relationship_
 from ansible.module_utils.vdp_migration import (
     SEED_INTEGRITY_SQL,
     SEED_POST_MIGRATION_SQL,
-    EngineError,
     application_name,
-    error_message,
+    fail_cleanly,
     ledger,
     legacy_snapshot,
     metric_rows,
@@ -219,10 +217,7 @@ def main() -> None:
         finally:
             conn.close()
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear, secret-free line
-        msg, details = error_message(exc, params.get("login_password"))
-        if not isinstance(exc, EngineError):
-            details["exception"] = traceback.format_exc()
-        module.fail_json(msg=msg, **details)
+        fail_cleanly(module, exc, {})
     module.exit_json(**result)
 
 

@@ -176,7 +176,6 @@ duration_ms:
 
 import math
 import time
-import traceback
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
@@ -186,7 +185,6 @@ from ansible.module_utils.vdp_migration import (
     application_name,
     choose_trigger_suppression,
     ensure_baseline,
-    error_message,
     membership_plan,
     migrate_membership,
     organization_capacity,
@@ -195,10 +193,11 @@ from ansible.module_utils.vdp_migration import (
     profile_update_triggers,
     require_organization,
     require_target_schema,
+    run_locked,
     set_capacity,
     target_schema_missing,
 )
-from ansible.module_utils.vdp_pg import connect, migration_lock, pg_connection_argument_spec
+from ansible.module_utils.vdp_pg import pg_connection_argument_spec
 
 
 def argument_spec() -> dict[str, Any]:
@@ -363,23 +362,7 @@ def main() -> None:
         baseline_captured=False,
         duration_ms=0,
     )
-    try:
-        conn = connect(params)
-        try:
-            with migration_lock(conn):
-                run(module, conn, result)
-        finally:
-            conn.close()
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear, secret-free line
-        msg, details = error_message(exc, params.get("login_password"))
-        if not isinstance(exc, EngineError):
-            details["exception"] = traceback.format_exc()
-        result.pop("diff", None)
-        result.update(details)
-        module.fail_json(msg=msg, **result)
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    run_locked(module, params, result, run)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,6 @@ changed_attributes:
 """
 
 import re
-import traceback
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
@@ -126,11 +125,11 @@ except ImportError:  # pragma: no cover - vdp_pg.connect reports the missing pac
 from ansible.module_utils.vdp_migration import (
     EngineError,
     application_name,
-    error_message,
     require_target_schema,
+    run_locked,
     target_schema_missing,
 )
-from ansible.module_utils.vdp_pg import connect, migration_lock, pg_connection_argument_spec
+from ansible.module_utils.vdp_pg import pg_connection_argument_spec
 
 ATTRIBUTES = ("name", "primary_color", "secondary_color", "subscription_tier", "max_users")
 _COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
@@ -285,22 +284,7 @@ def main() -> None:
         module.fail_json(msg="; ".join(problems), problems=problems)
     params = dict(module.params, application_name=application_name(module.params, "organization"))
     result: dict[str, Any] = dict(changed=False, created=False, deleted=False, changed_attributes=[], organization=None)
-    try:
-        conn = connect(params)
-        try:
-            with migration_lock(conn):
-                ensure(module, conn, result)
-        finally:
-            conn.close()
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear, secret-free line
-        msg, details = error_message(exc, params.get("login_password"))
-        if not isinstance(exc, EngineError):
-            details["exception"] = traceback.format_exc()
-        result.pop("diff", None)
-        module.fail_json(msg=msg, **details, **result)
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    run_locked(module, params, result, ensure)
 
 
 if __name__ == "__main__":

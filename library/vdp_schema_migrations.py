@@ -152,7 +152,6 @@ rebuilt_invalid_indexes:
   elements: str
 """
 
-import traceback
 from dataclasses import asdict
 from typing import Any
 
@@ -172,7 +171,7 @@ from ansible.module_utils.vdp_migration import (
     drop_baseline,
     ensure_baseline,
     ensure_runbook_schema,
-    error_message,
+    fail_cleanly,
     kind_of,
     ledger,
     record_version,
@@ -429,11 +428,7 @@ def main() -> None:
         finally:
             conn.close()
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear, secret-free line
-        msg, details = error_message(exc, params.get("login_password"))
-        result.update(details)
-        if not isinstance(exc, EngineError):
-            result["exception"] = traceback.format_exc()
-        module.fail_json(msg=msg, **{k: v for k, v in result.items() if k not in ("msg", "failed")})
+        fail_cleanly(module, exc, result)
     module.exit_json(**result)
 
 

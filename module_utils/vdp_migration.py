@@ -11,6 +11,7 @@ import json
 import re
 import socket
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ from ansible.module_utils.vdp_pg import (
     APPLICATION_NAME_PREFIX,
     ConnectionFailure,
     LockHeld,
+    connect,
+    migration_lock,
     redact,
     with_lock_retry,
 )
@@ -104,6 +107,34 @@ def error_message(exc: BaseException, password: str | None = None) -> tuple[str,
             password,
         ), dict(sqlstate=state)
     return redact(f"{type(exc).__name__}: {_first_line(exc)}", password), {}
+
+
+def fail_cleanly(module: Any, exc: BaseException, result: dict[str, Any]) -> None:
+    """fail_json with one secret-free line, the structured details and what the module had done so far."""
+    msg, details = error_message(exc, module.params.get("login_password"))  # no_log options: never printed
+    if not isinstance(exc, EngineError):
+        details["exception"] = traceback.format_exc()
+    result.pop("diff", None)
+    module.fail_json(msg=msg, **{k: v for k, v in dict(result, **details).items() if k not in ("msg", "failed")})
+
+
+def run_locked(
+    module: Any, params: dict[str, Any], result: dict[str, Any], work: Callable[[Any, Any, dict[str, Any]], None]
+) -> None:
+    """The life of a writing module: connect with `params`, hold the migration lock while work(module, conn, result)
+    runs, close; any failure becomes one clear line (fail_cleanly); the diff is returned only with --diff."""
+    try:
+        conn = connect(params)
+        try:
+            with migration_lock(conn):
+                work(module, conn, result)
+        finally:
+            conn.close()
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear, secret-free line
+        fail_cleanly(module, exc, result)
+    if not module._diff:
+        result.pop("diff", None)
+    module.exit_json(**result)
 
 
 def _first_line(exc: BaseException) -> str:
