@@ -26,6 +26,22 @@ if [ ! -x "$PG_BIN/initdb" ] || ! command -v psql >/dev/null; then
   # Debian's package starts its own cluster on 5432; the sandbox uses its own clusters, so stop it.
   as_root service postgresql stop >/dev/null 2>&1 || true
 fi
+# Prometheus 2.42 and node_exporter from Debian, for the sandbox's monitoring and the monitor gate's tests.
+if ! command -v prometheus >/dev/null || ! command -v prometheus-node-exporter >/dev/null; then
+  log "prometheus / prometheus-node-exporter not found: installing them from Debian"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    prometheus prometheus-node-exporter >/dev/null
+  # Debian's packages start system services (ports 9090/9100); the sandbox runs its own on its ports.
+  for svc in prometheus prometheus-node-exporter; do
+    as_root service "$svc" stop >/dev/null 2>&1 || true
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+      as_root systemctl disable "$svc" >/dev/null 2>&1 || true
+    else
+      as_root update-rc.d "$svc" disable >/dev/null 2>&1 || true
+    fi
+  done
+fi
 if ! id postgres >/dev/null 2>&1; then
   log "system user 'postgres' missing (initdb refuses root): creating it"
   as_root useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
