@@ -9,6 +9,8 @@ kubernetes-validate (strict, for the double's Kubernetes version).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -254,3 +256,103 @@ def test_argument_spec_defaults_match_the_role_defaults() -> None:
         for name, option in entry["options"].items():
             if "default" in option and name in defaults:
                 assert option["default"] == defaults[name], name
+
+
+# -- the double itself, through real clients (the kubernetes Python client that kubernetes.core uses, and kubectl) --
+
+def _client(double: KubeDouble, tmp_path: Path, token: str | None = None) -> Any:
+    from kubernetes import config, dynamic
+
+    kubeconfig = double.write_kubeconfig(tmp_path / "client-kubeconfig", namespace=NS, token=token)
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    return dynamic.DynamicClient(api).resources.get(api_version="apps/v1", kind="Deployment")
+
+
+def _kubectl(double: KubeDouble, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    kubeconfig = double.write_kubeconfig(tmp_path / "kubectl-kubeconfig", namespace=NS)
+    return subprocess.run([str(Path(sys.executable).parent / "kubectl"), "--kubeconfig", str(kubeconfig), *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_double_status_lags_then_progresses_as_kubectl_judges_it(double: KubeDouble, tmp_path: Path) -> None:
+    deployments = _client(double, tmp_path)
+    deployments.patch(name=NAME, namespace=NS, content_type="application/strategic-merge-patch+json",
+                      body={"spec": {"template": {"spec": {"containers": [{"name": "app", "image": NEW}]}}}})
+    stale = double.deployment(NS, NAME)
+    progressing = next(c for c in stale["status"]["conditions"] if c["type"] == "Progressing")
+    assert stale["metadata"]["generation"] == 2 and stale["status"]["observedGeneration"] == 1
+    assert progressing["reason"] == "NewReplicaSetAvailable", "right after a change the status is stale, as on a cluster"
+    status = _kubectl(double, tmp_path, "rollout", "status", f"deployment/{NAME}", "-n", NS, "--watch=false")
+    assert "Waiting for" in status.stdout, status.stdout + status.stderr
+    seen = set()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        s = double.deployment(NS, NAME)["status"]
+        seen.add((s.get("updatedReplicas", 0), s.get("replicas", 0), s.get("availableReplicas", 0)))
+        counts = (s.get("updatedReplicas"), s.get("replicas"), s.get("availableReplicas"))
+        if s["observedGeneration"] == 2 and counts == (3, 3, 3):
+            break
+        time.sleep(0.05)
+    assert (3, 3, 3) in seen and len(seen) >= 3, f"the rollout must go through intermediate states: {seen}"
+    assert any(u == 3 and r == 4 for u, r, _ in seen) or any(r > 3 for _, r, _ in seen), seen  # surge: old pod still there
+    obj = double.wait_settled(NS, NAME)
+    assert obj["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2"
+    status = _kubectl(double, tmp_path, "rollout", "status", f"deployment/{NAME}", "-n", NS, "--watch=false")
+    assert 'deployment "virtue-app" successfully rolled out' in status.stdout, status.stdout + status.stderr
+
+    deployments.patch(name=NAME, namespace=NS, content_type="application/merge-patch+json", body={"spec": {"replicas": 0}})
+    status = double.wait_settled(NS, NAME)["status"]
+    assert not {"replicas", "updatedReplicas", "readyReplicas", "availableReplicas"} & set(status), "zero counts are omitted"
+
+
+def test_double_patch_formats_and_auth(double: KubeDouble, tmp_path: Path) -> None:
+    from kubernetes.dynamic.exceptions import ForbiddenError, UnauthorizedError
+
+    deployments = _client(double, tmp_path)
+    smp = {"spec": {"template": {"spec": {"containers": [{"name": "app", "env": [{"name": "A", "value": "1"}]}]}}}}
+    deployments.patch(name=NAME, namespace=NS, body=smp, content_type="application/strategic-merge-patch+json")
+    container = _container(double.deployment(NS, NAME))
+    assert container["image"] == OLD and container["env"] == [{"name": "A", "value": "1"}]  # merged by name, not replaced
+    delete = {"spec": {"template": {"spec": {"containers": [{"name": "app", "env": [{"name": "A", "$patch": "delete"}]}]}}}}
+    deployments.patch(name=NAME, namespace=NS, body=delete, content_type="application/strategic-merge-patch+json")
+    assert _container(double.deployment(NS, NAME))["env"] == []
+    ops = [{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": NEW}]
+    deployments.patch(name=NAME, namespace=NS, body=ops, content_type="application/json-patch+json")
+    assert _container(double.deployment(NS, NAME))["image"] == NEW
+    dry = {"spec": {"replicas": 5}}
+    result = deployments.patch(name=NAME, namespace=NS, body=dry, content_type="application/merge-patch+json", dry_run="All")
+    assert result.spec.replicas == 5 and double.deployment(NS, NAME)["spec"]["replicas"] == 3
+    assert double.validation_errors() == []
+    with pytest.raises((UnauthorizedError, ForbiddenError)):
+        _client(double, tmp_path, token="wrong").get(name=NAME, namespace=NS)
+    from kubernetes.dynamic.exceptions import UnprocessibleEntityError
+
+    with pytest.raises(UnprocessibleEntityError, match="replicas"):  # refused, as the API server refuses it
+        deployments.patch(name=NAME, namespace=NS, body={"spec": {"replicas": "three"}},
+                          content_type="application/merge-patch+json")
+    assert double.deployment(NS, NAME)["spec"]["replicas"] == 3
+    unknown = {"spec": {"template": {"spec": {"containers": [{"name": "app", "imagePullPolicyy": "Always"}]}}}}
+    deployments.patch(name=NAME, namespace=NS, body=unknown, content_type="application/strategic-merge-patch+json")
+    errors = double.validation_errors()
+    assert len(errors) == 2 and "replicas" in errors[0] and "imagePullPolicyy" in errors[1], errors
+
+
+def test_smoke_filters() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("smoke", ROOT / "roles/app_deploy/filter_plugins/app_deploy_smoke.py")
+    assert spec and spec.loader
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)
+    picks = {"sponsor": {"sponsor_id": "abc", "practitioners": 12}}
+    checks = [{"name": "d", "path": "/dashboard/coach/{sponsor.sponsor_id}", "json": {"count": "{sponsor.practitioners}"}}]
+    filled = smoke.fill(checks, picks)
+    assert filled[0]["path"] == "/dashboard/coach/abc" and filled[0]["json"]["count"] == 12
+    with pytest.raises(smoke.PickError, match=r"\{user.email\}.*sponsor.sponsor_id"):
+        smoke.fill({"body": {"email": "{user.email}"}}, picks)
+    ok = smoke.smoke_verdicts([{"item": filled[0], "status": 200, "elapsed": 1, "json": {"count": 12}, "url": "u"}])
+    assert ok[0]["ok"] and ok[0]["line"] == ""
+    bad = smoke.smoke_verdicts([{"item": filled[0], "status": 200, "elapsed": 2, "json": {"count": 11}, "url": "u"}])
+    assert bad[0]["problems"] == ["took 2 s or more (limit 2 s)", "count is 11, expected 12"]
+    refused = smoke.smoke_verdicts([{"item": {"name": "h"}, "status": -1, "msg": "Connection refused", "url": "u"}])
+    assert refused[0]["line"] == "Smoke check 'h' failed (GET u): expected HTTP 200, got -1 (Connection refused)."

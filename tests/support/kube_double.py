@@ -482,6 +482,10 @@ class KubeDouble:
             deployment = result
         if not isinstance(deployment.get("spec"), dict) or not isinstance(deployment.get("metadata"), dict):
             raise ApiError(422, "Invalid", f'Deployment.apps "{key[1]}" is invalid: spec and metadata are required')
+        problem = self._schema_problem(deployment)
+        if problem:  # the API server refuses mistyped fields (unknown ones it only warns about: validation_errors())
+            rec.after = copy.deepcopy(deployment)
+            raise ApiError(422, "Invalid", f'Deployment.apps "{key[1]}" is invalid: {problem}')
         if rec.dry_run:
             stored = self._dry_store(key, deployment)
         else:
@@ -504,6 +508,15 @@ class KubeDouble:
         scale["spec"]["replicas"] = deployment["spec"]["replicas"]
         scale["metadata"]["resourceVersion"] = deployment["metadata"]["resourceVersion"]
         return scale
+
+    def _schema_problem(self, obj: dict[str, Any]) -> str | None:
+        import kubernetes_validate
+
+        try:
+            kubernetes_validate.validate(obj, self.version, strict=False)
+        except kubernetes_validate.ValidationError as exc:
+            return f"{'.'.join(str(p) for p in exc.path)}: {exc.message}"
+        return None
 
     # -- offline validation of what the client made the server store ------------------------------------------------
     def validation_errors(self, version: str | None = None) -> list[str]:
@@ -572,25 +585,3 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
-
-def main() -> None:
-    """Run a double until interrupted (3 replicas each): python -m tests.support.kube_double FOLDER NAMESPACE/NAME=IMAGE ..."""
-    import sys
-
-    folder = Path(sys.argv[1])
-    folder.mkdir(parents=True, exist_ok=True)
-    double = KubeDouble(folder=folder).start()
-    for spec in sys.argv[2:]:
-        target, _, image = spec.partition("=")
-        namespace, _, name = target.partition("/")
-        double.add_deployment(namespace, name, image)
-    print(double.write_kubeconfig(folder / "kubeconfig"), flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        double.stop()
-
-
-if __name__ == "__main__":
-    main()
