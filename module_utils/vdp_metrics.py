@@ -218,7 +218,7 @@ def describe_breach(spec: MetricSpec, summary: dict[str, Any]) -> str:
     name = f" ({spec.threshold_name})" if spec.threshold_name else ""
     return (
         f"{spec.key}: {what} {fmt(summary['value'], spec.unit)} {sign} threshold {fmt(spec.threshold, spec.unit)}{name} "
-        f"over {summary['samples']} samples"
+        f"over {summary['samples']} sample{'' if summary['samples'] == 1 else 's'}"
     )
 
 
