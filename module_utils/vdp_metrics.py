@@ -245,17 +245,21 @@ class GateResult:
     started: str = ""
     finished: str = ""
     stopped_early: str | None = None
+    by_key: dict[str, list[Sample]] = field(default_factory=dict)
+    touched: set[str] = field(default_factory=set)  # metrics sampled in the last tick
 
-    def metrics(self) -> dict[str, dict[str, Any]]:
-        by_key: dict[str, list[Sample]] = {}
-        for s in self.samples:
-            by_key.setdefault(s.key, []).append(s)
-        out: dict[str, dict[str, Any]] = {}
+    def add(self, samples: list[Sample]) -> None:
+        for s in samples:
+            self.specs.setdefault(s.key, _spec_from_key(s.key))
+            self.by_key.setdefault(s.key, []).append(s)
+            self.touched.add(s.key)
+        self.samples.extend(samples)
+
+    def metrics(self, keys: set[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Summaries of every sampled or judged metric (or only of `keys`)."""
         judged = {key for key, spec in self.specs.items() if spec.threshold is not None}
-        for key in sorted(set(by_key) | judged):
-            spec = self.specs.get(key) or _spec_from_key(key)
-            out[key] = summarize(spec, by_key.get(key, []))
-        return out
+        wanted = (set(self.by_key) | judged) if keys is None else keys
+        return {key: summarize(self.specs.get(key) or _spec_from_key(key), self.by_key.get(key, [])) for key in sorted(wanted)}
 
 
 def _spec_from_key(key: str) -> MetricSpec:
@@ -266,6 +270,7 @@ def _spec_from_key(key: str) -> MetricSpec:
 def sample_once(sources: list[Source], result: GateResult, pool: ThreadPoolExecutor) -> None:
     """One tick: every source sampled in parallel (a slow source does not delay the others)."""
     futures = {src.name: pool.submit(src.sample) for src in sources}
+    result.touched = set()
     for name, future in futures.items():
         state = result.states[name]
         try:
@@ -275,9 +280,7 @@ def sample_once(sources: list[Source], result: GateResult, pool: ThreadPoolExecu
             state.failures.append(dict(time=utc_now(), reason=str(exc)))
             continue
         state.ok += 1
-        for s in samples:
-            result.specs.setdefault(s.key, _spec_from_key(s.key))
-        result.samples.extend(samples)
+        result.add(samples)
 
 
 def run_gate(
@@ -374,10 +377,20 @@ def evaluate(result: GateResult, metrics: dict[str, dict[str, Any]], severity: s
 
 
 def first_breach(result: GateResult) -> str | None:
-    """stop_when for on_breach=fail: the first breach found in the samples so far."""
-    for key, m in result.metrics().items():
+    """stop_when for on_breach=fail: the first breach among the metrics the last tick sampled.
+
+    A 'worst sample' metric breaches when its newest sample does (no rescan of its history); a mean or p95 is
+    summarised again.
+    """
+    for key in sorted(result.touched):
+        spec = result.specs[key]
+        if spec.threshold is None:
+            continue
+        if spec.statistic == "worst" and not breached(spec, result.by_key[key][-1].value):
+            continue
+        m = summarize(spec, result.by_key[key])
         if m["breached"]:
-            return describe_breach(result.specs[key], m)
+            return describe_breach(spec, m)
     return None
 
 

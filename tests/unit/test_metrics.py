@@ -285,3 +285,15 @@ def test_duplicate_probe_names_are_refused_before_any_request() -> None:
     probes = [dict(name="a", url="http://127.0.0.1:1/"), dict(name="a", url="http://127.0.0.1:1/")]
     out = run(dict(period_seconds=1, http=dict(probes=probes)))
     assert out["failed"] and "unique" in out["msg"] and "monitor_sources" in out["msg"]
+
+
+def test_a_day_long_gate_judges_each_tick_in_bounded_time() -> None:
+    """24 h at 15 s = 5760 ticks: checking for a breach at each tick must not rescan every sample every time."""
+    import time
+
+    spec = m.MetricSpec("a", "v", statistic="worst", threshold=0.9)
+    src = ScriptedSource("a", [0.1] * 5760, spec)
+    started = time.monotonic()
+    result = gate([src], period=86385, interval=15, stop=m.first_breach)
+    assert src.calls == 5760 and result.stopped_early is None
+    assert time.monotonic() - started < 5
