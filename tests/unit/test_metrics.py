@@ -4,6 +4,7 @@ Prometheus answers as the HTTP API documents them, URL redaction, and vdp_monito
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -297,3 +298,40 @@ def test_a_day_long_gate_judges_each_tick_in_bounded_time() -> None:
     result = gate([src], period=86385, interval=15, stop=m.first_breach)
     assert src.calls == 5760 and result.stopped_early is None
     assert time.monotonic() - started < 5
+
+
+def test_the_thresholds_are_stated_once() -> None:
+    """The module's documentation shows the argument spec's defaults; the role passes overrides only."""
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("vdp_monitor_doc", ROOT / "library" / "vdp_monitor.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    documented = yaml.safe_load(module.DOCUMENTATION)["options"]["thresholds"]["suboptions"]
+    coded = module.argument_spec()["thresholds"]["options"]
+    assert {k: v.get("default") for k, v in documented.items()} == {k: v.get("default") for k, v in coded.items()}
+    assert {k: v["default"] for k, v in coded.items() if "default" in v} == m.SEED_THRESHOLDS
+    role = yaml.safe_load((ROOT / "roles" / "monitor" / "meta" / "argument_specs.yml").read_text())
+    role_thresholds = role["argument_specs"]["main"]["options"]["monitor_thresholds"]["options"]
+    assert set(role_thresholds) == set(coded) and all("default" not in v for v in role_thresholds.values())
+    assert yaml.safe_load((ROOT / "roles" / "monitor" / "defaults" / "main.yml").read_text())["monitor_thresholds"] == {}
+
+
+def test_the_role_checks_the_same_source_keys_the_module_takes() -> None:
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("vdp_monitor_keys", ROOT / "library" / "vdp_monitor.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    coded = module.argument_spec()
+    role = yaml.safe_load((ROOT / "roles" / "monitor" / "meta" / "argument_specs.yml").read_text())
+    sources = role["argument_specs"]["main"]["options"]["monitor_sources"]["options"]
+
+    def shape(options: dict[str, Any]) -> dict[str, Any]:
+        return {k: (v.get("type"), shape(v["options"]) if "options" in v else None) for k, v in options.items()}
+
+    assert set(sources) == {"sql", "http", "prometheus", "cloudwatch"}
+    for name, role_spec in sources.items():
+        assert shape(role_spec["options"]) == shape(coded[name]["options"]), name
