@@ -482,6 +482,7 @@ class KubeDouble:
             deployment = result
         if not isinstance(deployment.get("spec"), dict) or not isinstance(deployment.get("metadata"), dict):
             raise ApiError(422, "Invalid", f'Deployment.apps "{key[1]}" is invalid: spec and metadata are required')
+        deployment = _drop_empty_lists(deployment)  # Go's omitempty: `env: []` is stored as no env at all
         problem = self._schema_problem(deployment)
         if problem:  # the API server refuses mistyped fields (unknown ones it only warns about: validation_errors())
             rec.after = copy.deepcopy(deployment)
@@ -533,6 +534,14 @@ class KubeDouble:
                 path = ".".join(str(p) for p in exc.path)
                 errors.append(f"{rec.method} {rec.path}: {path}: {exc.message}")
         return errors
+
+
+def _drop_empty_lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_empty_lists(v) for k, v in value.items() if v != []}
+    if isinstance(value, list):
+        return [_drop_empty_lists(v) for v in value]
+    return value
 
 
 def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
