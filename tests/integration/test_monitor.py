@@ -208,17 +208,30 @@ def test_a_closed_port_is_unreachable_never_a_pass(run_module: Callable[..., Any
     assert failed.failed and "never a pass" in failed["msg"] and "on_unreachable=fail" in failed["msg"]
 
 
+def when(condition: Callable[[], bool], then: Callable[[], Any], timeout: float = 60) -> threading.Thread:
+    """Run `then` in a thread as soon as `condition` holds (so a busy machine cannot reorder the test's events)."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        then()
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread
+
+
 def test_an_app_that_dies_mid_gate_counts_as_errors(run_module: Callable[..., Any]) -> None:
     app = ControllableApp()
     app.__enter__()
     url = f"{app.url}/health"
-    timer = threading.Timer(1.5, app.__exit__)
-    timer.start()
+    watcher = when(lambda: len(app.requests) >= 2, app.__exit__)
     try:
-        result = run_module("vdp_monitor", dict(period_seconds=3, interval_seconds=1, record_alerts=False, on_breach="warn",
+        result = run_module("vdp_monitor", dict(period_seconds=4, interval_seconds=1, record_alerts=False, on_breach="warn",
                                                 stop_on_breach=False, http=dict(probes=[dict(name="health", url=url)])))
     finally:
-        timer.join()
+        watcher.join()
     assert result["sources"]["http"]["status"] == "ok"  # it answered: later refusals are the app's errors
     assert result["verdict"] == "breach" and 0 < result["metrics"]["http.health.error"]["value"] < 1
 
@@ -291,14 +304,14 @@ def test_invalid_promql_is_refused_before_sampling(sandbox_prometheus: str, run_
 
 def test_prometheus_stopped_mid_gate_is_reported(tmp_path: Path, run_module: Callable[..., Any]) -> None:
     prometheus = PrivatePrometheus(tmp_path / "prom").start()
-    timer = threading.Timer(3.5, prometheus.stop)
-    timer.start()
+    # Stopped once it has answered the module's check and two samples (its own request counter says so).
+    watcher = when(lambda: prometheus.queries_answered() >= 3, prometheus.stop)
     try:
-        result = run_module("vdp_monitor", dict(period_seconds=6, interval_seconds=1, record_alerts=False,
+        result = run_module("vdp_monitor", dict(period_seconds=5, interval_seconds=1, record_alerts=False,
                                                 prometheus=dict(url=prometheus.url, timeout_seconds=2, queries=[
                                                     dict(name="liveness", query="vector(1)", threshold=2)])))
     finally:
-        timer.join()
+        watcher.join()
         prometheus.stop()
     state = result["sources"]["prometheus"]
     assert state["status"] == "partial" and state["samples_ok"] >= 2 and state["samples_failed"] >= 2

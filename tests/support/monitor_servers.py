@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -193,6 +194,17 @@ class PrivatePrometheus:
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"private prometheus did not become ready: see {self.folder / 'prometheus.log'}")
+
+    def queries_answered(self) -> int:
+        """Instant queries answered so far, from Prometheus' own request counter (0 once it is gone)."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/metrics", timeout=1) as resp:  # noqa: S310 - loopback
+                text = resp.read().decode()
+        except OSError:
+            return 0
+        pattern = r'^prometheus_http_requests_total\{code="200",handler="/api/v1/query"\} (\d+)'
+        found = re.search(pattern, text, re.MULTILINE)
+        return int(found.group(1)) if found else 0
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
