@@ -8,6 +8,23 @@ from __future__ import annotations
 class ModuleDocFragment:
     DOCUMENTATION = r"""
 options:
+  db:
+    description:
+      - The database as the inventory describes it (C(vdp_production_db), C(vdp_staging_db)) - host, port, dbname, user,
+        password, ssl_mode, ca_cert. Its keys fill the C(login_*) options below; roles pass the whole dict.
+    type: dict
+    suboptions:
+      host: {description: Host., type: str, required: true}
+      port: {description: Port., type: int, default: 5432}
+      dbname: {description: Database., type: str, required: true}
+      user: {description: Role., type: str}
+      password: {description: Password (PGPASSWORD applies when omitted). Never printed., type: str, no_log: true}
+      ssl_mode:
+        description: libpq sslmode.
+        type: str
+        default: prefer
+        choices: [disable, allow, prefer, require, verify-ca, verify-full]
+      ca_cert: {description: CA certificate file., type: path}
   login_host:
     description: Database host (libpq C(PGHOST) when omitted).
     type: str
@@ -48,11 +65,24 @@ options:
     type: str
     default: vdp-runbook
   lock_timeout:
-    description: PostgreSQL C(lock_timeout) of the session; every lock wait is bounded by it.
+    description:
+      - PostgreSQL C(lock_timeout) of the session; every lock wait is bounded by it.
+      - Short on purpose, as the online-migration tools keep it (0.5-1 s), because a statement that waits for a lock makes
+        the application's queries on that table queue behind it. The engine modules retry with backoff instead.
     type: str
-    default: 5s
+    default: 1s
   statement_timeout:
     description: PostgreSQL C(statement_timeout) of the session (C(0) = none).
     type: str
     default: "0"
+  inventory_key:
+    description:
+      - The inventory variable these connection settings come from (e.g. C(vdp_production_db)); connection errors name
+        its keys (C(vdp_production_db.host), ...) instead of the module options, so the operator knows what to fix.
+    type: str
+    default: ""
+  connection_hint:
+    description: A sentence added to connection errors (the sandbox inventory says to run C(make sandbox-up)).
+    type: str
+    default: ""
 """

@@ -7,6 +7,23 @@ from __future__ import annotations
 class ModuleDocFragment:
     DOCUMENTATION = r"""
 options:
+  s3:
+    description:
+      - The bucket as the inventory describes it (C(vdp_s3)); its keys fill the options of the same names (I(bucket),
+        I(prefix), I(endpoint_url), I(region), I(access_key), I(secret_key), I(session_token), and where the module has
+        them I(sse), I(kms_key_id), I(create_bucket)). Roles pass the whole dict.
+    type: dict
+    suboptions:
+      bucket: {description: Bucket., type: str, required: true}
+      endpoint_url: {description: S3 endpoint; AWS when empty., type: str}
+      region: {description: Region., type: str}
+      prefix: {description: Key prefix of the backups., type: str, default: ""}
+      access_key: {description: Access key. Never printed., type: str, no_log: true}
+      secret_key: {description: Secret key. Never printed., type: str, no_log: true}
+      session_token: {description: Session token. Never printed., type: str, no_log: true}
+      sse: {description: Server-side encryption., type: str, default: AES256, choices: [AES256, "aws:kms", none]}
+      kms_key_id: {description: KMS key for I(sse=aws:kms)., type: str}
+      create_bucket: {description: May the backup create a missing bucket., type: bool, default: false}
   endpoint_url:
     description: S3 endpoint for S3-compatible stores (C(AWS_ENDPOINT_URL_S3) / C(AWS_ENDPOINT_URL)); AWS when empty.
     type: str

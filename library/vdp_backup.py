@@ -47,9 +47,8 @@ options:
     type: str
     required: true
   bucket:
-    description: S3 bucket.
+    description: S3 bucket (or I(s3.bucket)); required one way or the other.
     type: str
-    required: true
   prefix:
     description: Key prefix of this database's backups (e.g. C(virtue/production)).
     type: str
@@ -228,47 +227,45 @@ deleted_objects:
 """
 
 import os
-import shutil
-import subprocess
-import tempfile
-import threading
 import time
 from datetime import timedelta
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vdp_backup import (
+from ansible.module_utils.vdp_archive import head_or_none, list_backup_sets, read_json_object, s3_call
+from ansible.module_utils.vdp_dump import (
     INCOMING_DIR,
     MANIFEST_VERSION,
     META_SHA256,
-    TARGET_TABLES,
+    TAG_SHA256,
     DumpFailure,
     HashingMultipartWriter,
     Layout,
     MiB,
-    StderrTail,
+    SnapshotCounts,
+    abort_stale_uploads,
     check_run_id,
-    child_env,
-    conninfo,
-    count_rows,
-    database_info,
-    head_or_none,
+    dump_command,
+    export_snapshot,
+    file_dump,
     iso,
-    list_backup_sets,
     publish_copy,
     pump,
     put_manifest,
-    read_json_object,
-    referenced_roles,
-    s3_call,
     sse_args,
+    stream_dump,
     tar_directory,
     utcnow,
 )
+from ansible.module_utils.vdp_guard import identify
+from ansible.module_utils.vdp_lease import HeartbeatThread
 from ansible.module_utils.vdp_legacy import LEGACY_TABLES
-from ansible.module_utils.vdp_pg import ConnectionFailure, connect, pg_connection_argument_spec, redact, target_from_params
-from ansible.module_utils.vdp_pgtools import ToolNotFound, pg_tool_path, pg_tool_version, skew_problem
-from ansible.module_utils.vdp_s3 import S3Failure, ensure_bucket, s3_argument_spec, s3_client, s3_secrets, validate_tags
+from ansible.module_utils.vdp_lifecycle import application_name, run_module
+from ansible.module_utils.vdp_names import TARGET_TABLES
+from ansible.module_utils.vdp_pg import connect, pg_connection_argument_spec, target_from_params
+from ansible.module_utils.vdp_pgtools import pg_tool_path, pg_tool_version, skew_problem
+from ansible.module_utils.vdp_s3 import S3_DICT_OPTIONS, ensure_bucket, s3_argument_spec, s3_client, s3_secrets, validate_tags
+from ansible.module_utils.vdp_workdir import private_workdir, remove_stale
 
 
 def argument_spec() -> dict[str, Any]:
@@ -277,7 +274,8 @@ def argument_spec() -> dict[str, Any]:
     spec.update(
         state=dict(type="str", choices=["present", "pruned"], default="present"),
         run_id=dict(type="str", required=True),
-        bucket=dict(type="str", required=True),
+        s3=dict(type="dict", options=S3_DICT_OPTIONS),
+        bucket=dict(type="str"),
         prefix=dict(type="str", default=""),
         create_bucket=dict(type="bool", default=False),
         mode=dict(type="str", choices=["stream", "file"], default="stream"),
@@ -300,6 +298,8 @@ def argument_spec() -> dict[str, Any]:
 
 
 def input_problem(p: dict[str, Any]) -> str | None:
+    if not p.get("bucket"):
+        return "no bucket: set vdp_s3.bucket (the bucket of the backups)"
     """One line naming the first bad input, or None."""
     try:
         check_run_id(p["run_id"])
@@ -332,7 +332,7 @@ def input_problem(p: dict[str, Any]) -> str | None:
 def backup_tags(p: dict[str, Any], dbname: str, sha256: str | None = None) -> dict[str, str]:
     tags = {"vdp:run_id": p["run_id"], "vdp:database": dbname, "vdp:kind": "pg_dump"}
     if sha256:
-        tags["vdp:sha256"] = sha256
+        tags[TAG_SHA256] = sha256
     tags.update({str(k): str(v) for k, v in (p["tags"] or {}).items()})
     return validate_tags(tags)
 
@@ -361,61 +361,14 @@ def existing_backup(module: AnsibleModule, client: Any, layout: Layout) -> tuple
 # --------------------------------------------------------------------------- the dump
 
 
-class SnapshotCounts:
-    """Counts and catalog facts read in the exported snapshot, in a thread while pg_dump runs."""
+def run_dump(
+    module: AnsibleModule, client: Any, cmd: list[str], incoming: str, extra: dict[str, Any], beat: HeartbeatThread
+) -> Any:
+    """Run pg_dump and stream its archive into the multipart upload of `incoming`; returns the UploadResult.
 
-    def __init__(self, conn: Any, tables: list[str]) -> None:
-        self.conn, self.tables = conn, tables
-        self.counts: dict[str, int] = {}
-        self.absent: list[str] = []
-        self.roles: list[str] = []
-        self.database: dict[str, str] = {}
-        self.error: BaseException | None = None
-        self.seconds = 0.0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> SnapshotCounts:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        started = time.monotonic()
-        try:
-            self.counts, self.absent = count_rows(self.conn, self.tables)
-            self.roles = referenced_roles(self.conn)
-            self.database = database_info(self.conn)
-        except BaseException as exc:  # noqa: BLE001 - handed back to the main thread
-            self.error = exc
-        self.seconds = time.monotonic() - started
-
-    def join(self) -> None:
-        self._thread.join()
-        if self.error is not None:
-            raise DumpFailure(f"counting rows in the dump's snapshot failed: {str(self.error).strip().splitlines()[0]}")
-
-
-def export_snapshot(conn: Any) -> str:
-    with conn.cursor() as cur:
-        cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        cur.execute("SELECT pg_export_snapshot()")
-        return str(cur.fetchone()[0])
-
-
-def dump_command(pg_dump: str, p: dict[str, Any], snapshot: str, output: str | None) -> list[str]:
-    target = target_from_params(p)
-    cmd = [pg_dump, "--no-password", "--snapshot", snapshot, "-d", conninfo(target, p, "vdp-runbook-backup")]
-    cmd += ["-Fd", "-j", str(p["jobs"])] if p["format"] == "directory" else ["-Fc"]
-    if p["compress"] is not None:
-        cmd += ["-Z", str(p["compress"])]
-    if output:
-        cmd += ["-f", output]
-    return cmd
-
-
-def run_dump(module: AnsibleModule, client: Any, cmd: list[str], incoming: str, extra: dict[str, Any]) -> Any:
-    """Run pg_dump and stream its archive into the multipart upload of `incoming`; returns the UploadResult."""
+    On any failure - pg_dump, S3, a stop request (playbooks/stop.yml) - the upload is aborted: nothing is published.
+    """
     p = module.params
-    env = child_env(p.get("login_password"))
     secrets = [p.get("login_password"), *s3_secrets(p)]
     writer = s3_call(
         "start the upload",
@@ -425,39 +378,70 @@ def run_dump(module: AnsibleModule, client: Any, cmd: list[str], incoming: str, 
     )
     try:
         if p["mode"] == "stream":
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-            tail = StderrTail(proc.stderr)  # type: ignore[arg-type]
-            try:
-                s3_call("upload the dump", p, p["bucket"], lambda: pump(proc.stdout, writer.write))  # type: ignore[arg-type]
-            except BaseException:
-                proc.kill()  # the upload failed: stop pg_dump, which would block on the full pipe
-                proc.wait()
-                raise
-            rc = proc.wait()
-            if rc != 0:
-                raise DumpFailure(f"pg_dump failed (exit {rc}): {tail.text(secrets) or 'no message'}")
+            s3_call(
+                "upload the dump",
+                p,
+                p["bucket"],
+                lambda: stream_dump(cmd, p.get("login_password"), secrets, writer.write, beat.check),
+            )
         else:
-            run = subprocess.run(cmd, capture_output=True, env=env, check=False)
-            if run.returncode != 0:
-                err = redact(run.stderr.decode("utf-8", "replace").strip().replace("\n", " | "), *secrets)
-                raise DumpFailure(f"pg_dump failed (exit {run.returncode}): {err or 'no message'}")
+            file_dump(cmd, p.get("login_password"), secrets)
+            beat.check()
             output = cmd[-1]
             if p["format"] == "directory":
                 s3_call("upload the dump", p, p["bucket"], lambda: tar_directory(output, writer))
             else:
                 with open(output, "rb") as handle:
-                    s3_call("upload the dump", p, p["bucket"], lambda: pump(handle, writer.write))
+                    s3_call("upload the dump", p, p["bucket"], lambda: pump(handle, writer.write, check=beat.check))
         return s3_call("complete the upload", p, p["bucket"], writer.complete)
     except BaseException:
         writer.abort()
         raise
 
 
-def make_backup(module: AnsibleModule, client: Any, layout: Layout, result: dict[str, Any]) -> None:
+def dump_to_incoming(
+    module: AnsibleModule, client: Any, conn: Any, pg_dump: str, incoming: str, tables: list[str]
+) -> tuple[Any, Any, float]:
+    """pg_dump (in the snapshot the counts read) into the incoming upload; (upload, counts, seconds)."""
+    p = module.params
+    snapshot = export_snapshot(conn)
+    counts = SnapshotCounts(conn, tables)
+    sse = sse_args(None if p["sse"] == "none" else p["sse"], p.get("kms_key_id"))
+    beat_params = dict(p, application_name=application_name(p, "backup-heartbeat"))
+    with private_workdir("vdp-backup-", p["workdir"]) as workdir:
+        output = os.path.join(workdir, "dump" if p["format"] == "directory" else "dump.pgdump") if p["mode"] == "file" else None
+        cmd = dump_command(pg_dump, p, target_from_params(p), snapshot, output)
+        counts.start()
+        started = time.monotonic()
+        with HeartbeatThread(lambda: connect(beat_params, autocommit=True), p["run_id"]) as beat:
+            upload = run_dump(module, client, cmd, incoming, sse, beat)
+        seconds = time.monotonic() - started
+        counts.join()
+    conn.execute("COMMIT")
+    return upload, counts, seconds
+
+
+def publish(
+    module: AnsibleModule, client: Any, incoming: str, key: str, upload: Any, tags: dict[str, str], dump_version: str
+) -> float:
+    """Server-side copy of the finished upload onto its final key with its SHA-256 in metadata and tags."""
     p = module.params
     bucket = p["bucket"]
+    sse = sse_args(None if p["sse"] == "none" else p["sse"], p.get("kms_key_id"))
+    metadata = {META_SHA256: upload.sha256, "run-id": p["run_id"], "format": p["format"], "pg-dump-version": dump_version}
+    started = time.monotonic()
+    s3_call("publish the dump", p, bucket, lambda: publish_copy(client, bucket, incoming, key, upload.size, metadata, tags, sse))
+    s3_call("remove the temporary upload", p, bucket, lambda: client.delete_object(Bucket=bucket, Key=incoming))
+    final = s3_call("check the published dump", p, bucket, lambda: client.head_object(Bucket=bucket, Key=key))
+    if int(final["ContentLength"]) != upload.size or (final.get("Metadata") or {}).get(META_SHA256) != upload.sha256:
+        raise DumpFailure(f"the published object {key} does not match what was uploaded: check the S3 service")
+    return time.monotonic() - started
+
+
+def make_backup(module: AnsibleModule, client: Any, layout: Layout, result: dict[str, Any]) -> None:
+    p = module.params
     tables = [*LEGACY_TABLES, *TARGET_TABLES] if p["tables"] is None else p["tables"]
-    conn = connect(p, autocommit=True)
+    conn = connect(dict(p, application_name=application_name(p, "backup")), autocommit=True)
     try:
         server_major = conn.info.server_version // 10000
         server_version = conn.execute("SHOW server_version").fetchone()[0]
@@ -465,93 +449,92 @@ def make_backup(module: AnsibleModule, client: Any, layout: Layout, result: dict
         dump_major, dump_version = pg_tool_version(pg_dump)
         skew = skew_problem("pg_dump", dump_major, server_major)
         if skew:
-            module.fail_json(msg=skew, **result)
-        dbname = target_from_params(p).dbname
+            raise DumpFailure(skew)
+        target = target_from_params(p)
         started = utcnow()
-        key = layout.dump_key(dbname, started, p["format"])
-        result.update(key=key, manifest_key=layout.manifest_key)
+        key = layout.dump_key(target.dbname, started, p["format"])
+        result.update(key=key, manifest_key=layout.manifest_key, diff=dict(before={}, after={"backup": key}))
         if module.check_mode:
             result["changed"] = True
-            result["diff"] = dict(before={}, after={"backup": key})
+            result["would_dump"] = dict(
+                source=target.address,
+                server_version=str(server_version),
+                estimated_bytes=int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]),
+            )
             return
-        snapshot = export_snapshot(conn)
-        counts = SnapshotCounts(conn, tables)
+        result["removed_leftovers"] = remove_stale(p["workdir"])
+        result["aborted_stale_uploads"] = s3_call(
+            "abort unfinished uploads", p, p["bucket"], lambda: abort_stale_uploads(client, p["bucket"], p["prefix"])
+        )
+        identity = identify(conn, target.dbname).as_dict()
         incoming = layout.incoming_key(key)
+        upload, counts, dump_seconds = dump_to_incoming(module, client, conn, pg_dump, incoming, tables)
+        tags = backup_tags(p, target.dbname, upload.sha256)
+        publish_seconds = publish(module, client, incoming, key, upload, tags, dump_version)
+        manifest = build_manifest(p, layout, key, upload, tags, target, identity, counts, started)
+        manifest.update(
+            server_version=str(server_version),
+            server_version_num=int(conn.info.server_version),
+            pg_dump_version=dump_version,
+            pg_dump_major=dump_major,
+            dump_seconds=round(dump_seconds, 3),
+            publish_seconds=round(publish_seconds, 3),
+        )
         sse = sse_args(None if p["sse"] == "none" else p["sse"], p.get("kms_key_id"))
-        workdir = tempfile.mkdtemp(prefix="vdp-backup-", dir=p["workdir"]) if p["mode"] == "file" else None
-        try:
-            output = None
-            if workdir:
-                output = os.path.join(workdir, "dump" if p["format"] == "directory" else "dump.pgdump")
-            cmd = dump_command(pg_dump, p, snapshot, output)
-            counts.start()
-            dump_started = time.monotonic()
-            upload = run_dump(module, client, cmd, incoming, sse)
-            dump_seconds = time.monotonic() - dump_started
-            counts.join()
-        finally:
-            if workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
-        conn.execute("COMMIT")
-        metadata = {META_SHA256: upload.sha256, "run-id": p["run_id"], "format": p["format"], "pg-dump-version": dump_version}
-        tags = backup_tags(p, dbname, upload.sha256)
-        publish_started = time.monotonic()
         s3_call(
-            "publish the dump", p, bucket, lambda: publish_copy(client, bucket, incoming, key, upload.size, metadata, tags, sse)
+            "write the manifest",
+            p,
+            p["bucket"],
+            lambda: put_manifest(client, p["bucket"], layout.manifest_key, manifest, sse, tags),
         )
-        s3_call("remove the temporary upload", p, bucket, lambda: client.delete_object(Bucket=bucket, Key=incoming))
-        final = s3_call("check the published dump", p, bucket, lambda: client.head_object(Bucket=bucket, Key=key))
-        if int(final["ContentLength"]) != upload.size or (final.get("Metadata") or {}).get(META_SHA256) != upload.sha256:
-            module.fail_json(msg=f"the published object {key} does not match what was uploaded: check the S3 service", **result)
-        finished = utcnow()
-        target = target_from_params(p)
-        manifest = {
-            "kind": "vdp-pg-backup",
-            "manifest_version": MANIFEST_VERSION,
-            "run_id": p["run_id"],
-            "bucket": bucket,
-            "key": key,
-            "manifest_key": layout.manifest_key,
-            "format": p["format"],
-            "container": "tar" if p["format"] == "directory" else "pg_dump-custom",
-            "mode": p["mode"],
-            "jobs": p["jobs"] if p["format"] == "directory" else 1,
-            "compress": p["compress"],
-            "size": upload.size,
-            "sha256": upload.sha256,
-            "parts": upload.parts,
-            "part_size": upload.part_size,
-            "sse": p["sse"],
-            "kms_key_id": p.get("kms_key_id") or None,
-            "tags": tags,
-            "source": {"host": target.host, "port": target.port, "dbname": target.dbname, "user": target.user},
-            "server_version": str(server_version),
-            "server_version_num": int(conn.info.server_version),
-            "pg_dump_version": dump_version,
-            "pg_dump_major": dump_major,
-            "database": counts.database,
-            "roles": counts.roles,
-            "tables": counts.counts,
-            "tables_absent": counts.absent,
-            "snapshot_consistent": True,
-            "started_at": iso(started),
-            "finished_at": iso(finished),
-            "dump_seconds": round(dump_seconds, 3),
-            "count_seconds": round(counts.seconds, 3),
-            "publish_seconds": round(time.monotonic() - publish_started, 3),
-            "duration_seconds": round((finished - started).total_seconds(), 3),
-        }
-        s3_call("write the manifest", p, bucket, lambda: put_manifest(client, bucket, layout.manifest_key, manifest, sse, tags))
-        result.update(
-            changed=True,
-            size=upload.size,
-            sha256=upload.sha256,
-            tables=counts.counts,
-            manifest=manifest,
-            diff=dict(before={}, after={"backup": key}),
-        )
+        result.update(changed=True, size=upload.size, sha256=upload.sha256, tables=counts.counts, manifest=manifest)
     finally:
         conn.close()
+
+
+def build_manifest(
+    p: dict[str, Any],
+    layout: Layout,
+    key: str,
+    upload: Any,
+    tags: dict[str, str],
+    target: Any,
+    identity: dict[str, Any],
+    counts: Any,
+    started: Any,
+) -> dict[str, Any]:
+    finished = utcnow()
+    return {
+        "kind": "vdp-pg-backup",
+        "manifest_version": MANIFEST_VERSION,
+        "run_id": p["run_id"],
+        "bucket": p["bucket"],
+        "key": key,
+        "manifest_key": layout.manifest_key,
+        "format": p["format"],
+        "container": "tar" if p["format"] == "directory" else "pg_dump-custom",
+        "mode": p["mode"],
+        "jobs": p["jobs"] if p["format"] == "directory" else 1,
+        "compress": p["compress"],
+        "size": upload.size,
+        "sha256": upload.sha256,
+        "parts": upload.parts,
+        "part_size": upload.part_size,
+        "sse": p["sse"],
+        "kms_key_id": p.get("kms_key_id") or None,
+        "tags": tags,
+        "source": {"host": target.host, "port": target.port, "dbname": target.dbname, "user": target.user},
+        "source_identity": identity,
+        "database": counts.database,
+        "roles": counts.roles,
+        "tables": counts.counts,
+        "tables_absent": counts.absent,
+        "snapshot_consistent": True,
+        "started_at": iso(started),
+        "finished_at": iso(finished),
+        "count_seconds": round(counts.seconds, 3),
+        "duration_seconds": round((finished - started).total_seconds(), 3),
+    }
 
 
 # --------------------------------------------------------------------------- retention
@@ -597,16 +580,12 @@ def prune(module: AnsibleModule, client: Any, result: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def run(module: AnsibleModule) -> dict[str, Any]:
+def work(module: AnsibleModule, _conn: Any, result: dict[str, Any]) -> None:
     p = module.params
-    result: dict[str, Any] = dict(changed=False, bucket_created=False, reused=False)
-    problem = input_problem(p)
-    if problem:
-        module.fail_json(msg=problem, **result)
     try:
         backup_tags(p, "x", "0" * 64)
     except ValueError as exc:
-        module.fail_json(msg=str(exc), **result)
+        raise DumpFailure(str(exc)) from None
     layout = Layout(p["prefix"], p["run_id"])
     client = s3_client(p)
     result["bucket_created"] = ensure_bucket(client, p["bucket"], p["create_bucket"], p, module.check_mode)
@@ -614,39 +593,34 @@ def run(module: AnsibleModule) -> dict[str, Any]:
     if p["state"] == "pruned":
         if result["bucket_created"]:
             result.update(pruned=[], kept=[], incomplete=[], deleted_objects=0)
-            return result
+            return
         prune(module, client, result)
-        return result
+        return
     if not result["bucket_created"]:
         manifest, broken = existing_backup(module, client, layout)
         if manifest and not p["force"]:
             result.update(
-                reused=True, key=manifest["key"], manifest_key=layout.manifest_key, size=manifest["size"],
-                sha256=manifest["sha256"], tables=manifest.get("tables", {}), manifest=manifest,
-            )  # fmt: skip
-            return result
+                reused=True,
+                key=manifest["key"],
+                manifest_key=layout.manifest_key,
+                size=manifest["size"],
+                sha256=manifest["sha256"],
+                tables=manifest.get("tables", {}),
+                manifest=manifest,
+            )
+            return
         if broken and not p["force"]:
-            module.fail_json(
-                msg=f"run {p['run_id']} already has a backup that is inconsistent: {broken}. "
-                "Start a new run id, or set force: true to replace it",
-                **result,
+            raise DumpFailure(
+                f"run {p['run_id']} already has a backup that is inconsistent: {broken}. "
+                "Start a new run id, or set backup_force: true to replace it"
             )
     make_backup(module, client, layout, result)
-    return result
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    secrets = [module.params.get("login_password"), *s3_secrets(module.params)]
-    try:
-        result = run(module)
-    except (ConnectionFailure, S3Failure, DumpFailure, ToolNotFound) as exc:
-        module.fail_json(msg=redact(str(exc), *secrets))
-    except OSError as exc:
-        module.fail_json(msg=redact(f"local I/O failed: {exc}", *secrets))
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    result: dict[str, Any] = dict(changed=False, bucket_created=False, reused=False)
+    run_module(module, result, work, component="backup", database=False, problem=input_problem)
 
 
 if __name__ == "__main__":

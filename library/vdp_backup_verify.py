@@ -24,9 +24,8 @@ extends_documentation_fragment:
   - vdp_s3
 options:
   bucket:
-    description: S3 bucket.
+    description: S3 bucket (or I(s3.bucket)); required one way or the other.
     type: str
-    required: true
   prefix:
     description: Key prefix of the database's backups (as given to M(vdp_backup)).
     type: str
@@ -143,23 +142,24 @@ seconds:
   type: float
 """
 
-import shutil
-import tempfile
 import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vdp_backup import BackupNotFound, locate_backup, s3_call, verify_backup
+from ansible.module_utils.vdp_archive import locate_backup, s3_call, verify_backup
+from ansible.module_utils.vdp_errors import OperatorError
 from ansible.module_utils.vdp_legacy import LEGACY_TABLES
-from ansible.module_utils.vdp_pg import redact
-from ansible.module_utils.vdp_pgtools import ToolNotFound, pg_tool_path
-from ansible.module_utils.vdp_s3 import S3Failure, bucket_exists, s3_argument_spec, s3_client, s3_secrets
+from ansible.module_utils.vdp_lifecycle import run_module
+from ansible.module_utils.vdp_pgtools import pg_tool_path
+from ansible.module_utils.vdp_s3 import S3_DICT_OPTIONS, bucket_exists, s3_argument_spec, s3_client
+from ansible.module_utils.vdp_workdir import private_workdir
 
 
 def argument_spec() -> dict[str, Any]:
     spec = s3_argument_spec()
     spec.update(
-        bucket=dict(type="str", required=True),
+        s3=dict(type="dict", options=S3_DICT_OPTIONS),
+        bucket=dict(type="str"),
         prefix=dict(type="str", default=""),
         source=dict(type="str", choices=["run", "latest", "key"], default="run"),
         run_id=dict(type="str"),
@@ -171,16 +171,21 @@ def argument_spec() -> dict[str, Any]:
     return spec
 
 
-def verify(module: AnsibleModule) -> dict[str, Any]:
-    p = module.params
-    result: dict[str, Any] = dict(changed=False, verified=False, problems=[])
+def input_problem(p: dict[str, Any]) -> str | None:
+    if not p.get("bucket"):
+        return "no bucket: set vdp_s3.bucket (the bucket of the backups)"
     if p["source"] == "run" and not p["run_id"]:
-        module.fail_json(msg="source=run needs run_id (the run whose backup to verify)", **result)
+        return "source=run needs run_id (the run whose backup to verify)"
     if p["source"] == "key" and not p["key"]:
-        module.fail_json(msg="source=key needs key (the dump's object key, or its manifest.json)", **result)
+        return "source=key needs key (the dump's object key, or its manifest.json)"
+    return None
+
+
+def verify(module: AnsibleModule, _conn: Any, result: dict[str, Any]) -> None:
+    p = module.params
     client = s3_client(p)
     if not bucket_exists(client, p["bucket"], p):
-        module.fail_json(msg=f"bucket '{p['bucket']}' does not exist: there is no backup to verify", **result)
+        raise OperatorError(f"bucket '{p['bucket']}' does not exist: there is no backup to verify")
     manifest_key, manifest = s3_call(
         "read the backup manifest",
         p,
@@ -189,9 +194,8 @@ def verify(module: AnsibleModule) -> dict[str, Any]:
     )
     major = int(manifest.get("server_version_num") or 0) // 10000 or None
     pg_restore = pg_tool_path("pg_restore", p["pg_bindir"], major)
-    workdir = tempfile.mkdtemp(prefix="vdp-verify-", dir=p["workdir"])
     started = time.monotonic()
-    try:
+    with private_workdir("vdp-verify-", p["workdir"]) as workdir:
         verdict = s3_call(
             "read the backup back",
             p,
@@ -206,8 +210,6 @@ def verify(module: AnsibleModule) -> dict[str, Any]:
                 workdir,
             ),
         )
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     result.update(
         verified=verdict.ok,
         key=verdict.key,
@@ -216,7 +218,9 @@ def verify(module: AnsibleModule) -> dict[str, Any]:
         size=verdict.size,
         sha256=verdict.sha256_computed,
         sha256_metadata=verdict.sha256_metadata,
+        sha256_tag=verdict.sha256_tag,
         sha256_manifest=verdict.sha256_manifest,
+        decoded=verdict.decoded,
         toc_entries=verdict.toc_entries,
         missing_tables=verdict.missing_tables,
         problems=verdict.problems,
@@ -224,24 +228,16 @@ def verify(module: AnsibleModule) -> dict[str, Any]:
         seconds=round(time.monotonic() - started, 3),
     )
     if not verdict.ok:
-        module.fail_json(
-            msg=f"backup s3://{p['bucket']}/{verdict.key} FAILED verification: {'; '.join(verdict.problems)}. "
-            "Do not restore it: take a new backup",
-            **result,
+        raise OperatorError(
+            f"backup s3://{p['bucket']}/{verdict.key} FAILED verification: {'; '.join(verdict.problems)}. "
+            "Do not restore it: take a new backup"
         )
-    return result
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    secrets = s3_secrets(module.params)
-    try:
-        result = verify(module)
-    except (S3Failure, BackupNotFound, ToolNotFound) as exc:
-        module.fail_json(msg=redact(str(exc), *secrets), verified=False)
-    except OSError as exc:
-        module.fail_json(msg=redact(f"local I/O failed: {exc}", *secrets), verified=False)
-    module.exit_json(**result)
+    result: dict[str, Any] = dict(changed=False, verified=False, problems=[])
+    run_module(module, result, verify, component="verify", database=False, problem=input_problem)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # The data step's assignment part: one coach assignment per distinct valid active
 # (sponsor, practitioner) pair, assigned_at = the pair's earliest created_at; self and orphan
 # relationships are skipped, counted and listed. Batched inserts, ON CONFLICT DO NOTHING; a re-run
-# finds nothing pending and writes nothing. SQL in module_utils/vdp_migration.py.
+# finds nothing pending and writes nothing. SQL in module_utils/vdp_rules.py, batching in vdp_assignments.py.
 """Ansible module: coach assignments from active sponsor relationships, batched and idempotent."""
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ description:
 version_added: "1.0.0"
 extends_documentation_fragment:
   - vdp_postgres
+  - vdp_run
 options:
   organization_slug:
     description: Slug of the organization of the assignments (it must exist).
@@ -37,20 +38,15 @@ options:
     type: int
     default: 20000
   sample_limit:
-    description: How many skipped or failed relationships to list in the result.
+    description: How many skipped or failed relationships to list in the result (the file I(not_converted_file) has them all).
     type: int
     default: 20
-  lock_retries:
-    description: Retries of a batch after a lock timeout.
-    type: int
-    default: 5
-  lock_retry_backoff:
-    description: Seconds before the first retry; doubled at each retry.
-    type: float
-    default: 1.0
-  run_id:
-    description: The runbook run id, shown in C(application_name).
-    type: str
+  not_converted_file:
+    description:
+      - A file on the controller that receives EVERY relationship not converted (self and orphan), one JSON object per
+        line with its id, sponsor, practitioner, active flag, created_at and the reason - the complete list for the run
+        record, not a sample. Written in check mode too (it is a report, not a change), streamed so memory stays flat.
+    type: path
 attributes:
   check_mode:
     support: full
@@ -120,45 +116,37 @@ import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vdp_legacy import relationship_classes
-from ansible.module_utils.vdp_migration import (
-    EngineError,
-    application_name,
+from ansible.module_utils.vdp_assignments import (
+    AssignmentProgress,
     assignments_plan,
     build_pairs,
     drop_pairs,
     has_coach_assignments,
     migrate_assignments,
-    organization_id,
-    require_organization,
-    require_target_schema,
-    run_locked,
-    target_schema_missing,
+    write_not_converted,
 )
-from ansible.module_utils.vdp_pg import pg_connection_argument_spec
+from ansible.module_utils.vdp_errors import EngineError
+from ansible.module_utils.vdp_legacy import relationship_classes
+from ansible.module_utils.vdp_lifecycle import engine_argument_spec, lock_policy, run_module, run_options_problem
+from ansible.module_utils.vdp_names import BATCH_SIZE, DEFAULT_ORG_SLUG
+from ansible.module_utils.vdp_target import organization_id, require_organization, require_target_schema, target_schema_missing
 
 
 def argument_spec() -> dict[str, Any]:
-    spec = pg_connection_argument_spec()
-    spec.update(
-        organization_slug=dict(type="str", default="individual-users"),
-        batch_size=dict(type="int", default=20000),
+    return engine_argument_spec(
+        organization_slug=dict(type="str", default=DEFAULT_ORG_SLUG),
+        batch_size=dict(type="int", default=BATCH_SIZE),
         sample_limit=dict(type="int", default=20),
-        lock_retries=dict(type="int", default=5),
-        lock_retry_backoff=dict(type="float", default=1.0),
-        run_id=dict(type="str"),
+        not_converted_file=dict(type="path"),
     )
-    return spec
 
 
 def validate(params: dict[str, Any]) -> str | None:
     if not 1 <= params["batch_size"] <= 1_000_000:
-        return f"batch_size {params['batch_size']} is out of range: use 1 .. 1000000 (default 20000)"
+        return f"batch_size {params['batch_size']} is out of range: use 1 .. 1000000 (default {BATCH_SIZE})"
     if not 0 <= params["sample_limit"] <= 10_000:
         return "sample_limit must be between 0 and 10000"
-    if not 0 <= params["lock_retries"] <= 50:
-        return "lock_retries must be between 0 and 50"
-    return None
+    return run_options_problem(params)
 
 
 def run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
@@ -180,6 +168,8 @@ def run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
         plan, classes = build_pairs(conn, org_id, p["sample_limit"], none_present=True)
     result["not_converted"] = classes
     conn.commit()
+    if p.get("not_converted_file"):
+        result["not_converted_file"] = write_not_converted(conn, p["not_converted_file"])
     result.update(
         valid_pairs=plan["valid_pairs"],
         already_present=plan["already_present"],
@@ -194,21 +184,43 @@ def run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
     if plan["pending"] == 0:
         drop_pairs(conn)
         return
-    progress = migrate_assignments(
-        conn, org_id, p["batch_size"], retries=p["lock_retries"], backoff=p["lock_retry_backoff"], sample_limit=p["sample_limit"]
-    )
-    result.update(
-        inserted=progress.inserted,
-        changed=progress.inserted > 0,
-        failed_rows=dict(count=progress.failed_count, sample=progress.failed),
-        batches=dict(count=progress.batches, size=p["batch_size"], lock_retries=progress.lock_retries),
-    )
+    progress = AssignmentProgress()
+    try:
+        migrate_assignments(
+            conn,
+            org_id,
+            p["batch_size"],
+            progress,
+            lock_policy(module, "assignments"),
+            sample_limit=p["sample_limit"],
+            run_id=p.get("run_id"),
+        )
+    finally:
+        result.update(
+            inserted=progress.inserted,
+            changed=progress.inserted > 0,
+            failed_rows=dict(count=progress.failed_count, sample=progress.failed),
+            batches=dict(count=progress.batches, size=p["batch_size"], lock_retries=progress.lock_retries),
+        )
+    analyze(conn)
     if progress.failed_count:
         raise EngineError(
             f"{progress.failed_count} coach assignment(s) could not be inserted (first: {progress.failed[0]['error']}); "
             f"the other {progress.inserted} were committed. Fix the listed rows and re-run: only the missing ones are inserted",
             failed_rows=result["failed_rows"],
         )
+
+
+def analyze(conn: Any) -> None:
+    """Fresh statistics for what the data step wrote: until autovacuum gets to it the planner believes the new
+    table is empty, and later queries (validation, the application's) pick plans for an empty table."""
+    previous = conn.autocommit
+    conn.commit()
+    conn.autocommit = True
+    try:
+        conn.execute("ANALYZE public.practitioner_assignments, public.profiles, public.organizations")
+    finally:
+        conn.autocommit = previous
 
 
 def timed_run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
@@ -221,10 +233,6 @@ def timed_run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    problem = validate(module.params)
-    if problem:
-        module.fail_json(msg=problem)
-    params = dict(module.params, application_name=application_name(module.params, "assignments"))
     result: dict[str, Any] = dict(
         changed=False,
         inserted=0,
@@ -237,7 +245,7 @@ def main() -> None:
         organization_id=None,
         duration_ms=0,
     )
-    run_locked(module, params, result, timed_run)
+    run_module(module, result, timed_run, component="assignments", problem=validate(module.params))
 
 
 if __name__ == "__main__":

@@ -21,12 +21,13 @@ description:
 version_added: "1.0.0"
 extends_documentation_fragment:
   - vdp_postgres
+  - vdp_run
 options:
   names:
-    description: Flag names (1 to 100 characters each).
+    description: Flag names (text of 1 to 100 characters each, no NUL; a number or a list is refused, not converted).
     type: list
-    elements: str
-    required: true
+    elements: raw
+    default: [organizational_model, multi_role_support]
     aliases: [name]
   enabled:
     description: The value the flags should have.
@@ -48,9 +49,6 @@ options:
     description: The feature flag table, schema-qualified.
     type: str
     default: public.feature_flags
-  run_id:
-    description: The runbook run id, shown in C(application_name).
-    type: str
 attributes:
   check_mode:
     support: full
@@ -109,9 +107,10 @@ import re
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.vdp_errors import EngineError
 from ansible.module_utils.vdp_legacy import table_exists
-from ansible.module_utils.vdp_migration import EngineError, application_name, run_locked
-from ansible.module_utils.vdp_pg import pg_connection_argument_spec
+from ansible.module_utils.vdp_lifecycle import engine_argument_spec, run_module, text_problem
+from ansible.module_utils.vdp_names import FEATURE_FLAGS
 
 try:
     from psycopg import sql
@@ -122,24 +121,25 @@ _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def argument_spec() -> dict[str, Any]:
-    spec = pg_connection_argument_spec()
-    spec.update(
-        names=dict(type="list", elements="str", required=True, aliases=["name"]),
+    # names are raw elements: a number given by mistake is refused, not turned into '5'.
+    return engine_argument_spec(
+        names=dict(type="list", elements="raw", default=list(FEATURE_FLAGS), aliases=["name"]),
         enabled=dict(type="bool", default=False),
         state=dict(type="str", default="present", choices=["present", "absent"]),
         create_only=dict(type="bool", default=False),
         description=dict(type="str"),
         table=dict(type="str", default="public.feature_flags"),
-        run_id=dict(type="str"),
     )
-    return spec
 
 
 def validate(params: dict[str, Any]) -> str | None:
     names = params["names"]
     if not names:
         return "names is empty: give at least one flag name"
-    bad = [n for n in names if not n or len(n) > 100 or n != n.strip()]
+    typed = [p for p in (text_problem(f"flag name {n!r}", n, 100) for n in names) if p]
+    if typed:
+        return "; ".join(typed)
+    bad = [n for n in names if n != n.strip()]
     if bad:
         return f"flag name(s) {bad!r} not valid: use 1 to 100 characters without outer spaces"
     if not _TABLE.match(params["table"]):
@@ -217,12 +217,8 @@ def run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    problem = validate(module.params)
-    if problem:
-        module.fail_json(msg=problem)
-    params = dict(module.params, application_name=application_name(module.params, "feature-flag"))
     result: dict[str, Any] = dict(changed=False, flags={}, created=[], updated=[], removed=[])
-    run_locked(module, params, result, run)
+    run_module(module, result, run, component="feature-flag", problem=validate(module.params))
 
 
 if __name__ == "__main__":

@@ -20,12 +20,16 @@ description:
     C(Invalid Organization References)), and checks every invariant - roles rule, last_activity rule, one assignment
     per valid active pair with the earliest created_at, no self/orphan assignment, RLS and no C(anon) access on the new
     tables, the sign-up defaults trigger, the feature flags, the default organization's capacity, ledger versions,
-    the foreign key validated, no INVALID index, and each legacy table's content checksum and triggers/policies
-    against the baseline stored before the migration's first write.
+    the foreign key validated, no INVALID index, and each legacy table against the baseline stored before the
+    migration's first write, row by row - rows the application wrote since (inserted, or with C(updated_at) /
+    C(last_sign_in_at) moved past the baseline) are reported as application writes, never as loss; a row deleted
+    or changed any other way fails; triggers, policies and RLS must be intact.
+  - Robust to stale planner statistics (every set comparison is a hash or merge join).
   - Never writes and never changes anything; C(failed_checks) lists what the caller must treat as a failure.
 version_added: "1.0.0"
 extends_documentation_fragment:
   - vdp_postgres
+  - vdp_run
 options:
   phase:
     description: Which facts to gather.
@@ -37,10 +41,17 @@ options:
     type: str
     default: individual-users
   capacity_policy:
-    description: The data step's capacity policy; with C(report) an organization over capacity is a warning, not a failure.
+    description:
+      - The capacity policy to judge by; with C(report) an organization over capacity is a warning, not a failure.
+      - C(from_ledger) (default) follows the policy the data step recorded in the ledger (falling back to C(raise)).
     type: str
-    choices: [raise, fail, report]
-    default: raise
+    choices: [from_ledger, raise, fail, report]
+    default: from_ledger
+  feature_flags:
+    description: The migration's feature flags that must exist (and are left out of the legacy comparison).
+    type: list
+    elements: str
+    default: [organizational_model, multi_role_support]
   require_versions:
     description: Ledger versions that must be recorded (post phase).
     type: list
@@ -54,9 +65,6 @@ options:
     description: Key of the legacy baseline in C(vdp_runbook.baseline).
     type: str
     default: organizational_model
-  run_id:
-    description: The runbook run id, shown in C(application_name).
-    type: str
 attributes:
   check_mode:
     support: full
@@ -142,33 +150,41 @@ from dataclasses import asdict
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.vdp_baseline import legacy_snapshot
+from ansible.module_utils.vdp_invariants import SEED_INTEGRITY_SQL, SEED_POST_MIGRATION_SQL, metric_rows, post_migration_checks
+from ansible.module_utils.vdp_ledger import ledger
 from ansible.module_utils.vdp_legacy import detect_sign_in_source, relationship_anomalies, seed_pre_migration_counts
-from ansible.module_utils.vdp_migration import (
-    SEED_INTEGRITY_SQL,
-    SEED_POST_MIGRATION_SQL,
-    application_name,
-    fail_cleanly,
-    ledger,
-    legacy_snapshot,
-    metric_rows,
-    post_migration_checks,
-    target_schema_missing,
+from ansible.module_utils.vdp_lifecycle import engine_argument_spec, run_module
+from ansible.module_utils.vdp_names import (
+    BASELINE_KEY,
+    CAPACITY_POLICIES,
+    CAPACITY_POLICY,
+    DATA_VERSION,
+    DEFAULT_ORG_SLUG,
+    FEATURE_FLAGS,
 )
-from ansible.module_utils.vdp_pg import connect, pg_connection_argument_spec
+from ansible.module_utils.vdp_target import target_schema_missing
 
 
 def argument_spec() -> dict[str, Any]:
-    spec = pg_connection_argument_spec()
-    spec.update(
+    return engine_argument_spec(
         phase=dict(type="str", default="post", choices=["pre", "post"]),
-        organization_slug=dict(type="str", default="individual-users"),
-        capacity_policy=dict(type="str", default="raise", choices=["raise", "fail", "report"]),
+        organization_slug=dict(type="str", default=DEFAULT_ORG_SLUG),
+        capacity_policy=dict(type="str", default="from_ledger", choices=["from_ledger", *CAPACITY_POLICIES]),
+        feature_flags=dict(type="list", elements="str", default=list(FEATURE_FLAGS)),
         require_versions=dict(type="list", elements="str", default=[]),
         sample_limit=dict(type="int", default=10),
-        baseline_key=dict(type="str", default="organizational_model", no_log=False),
-        run_id=dict(type="str"),
+        baseline_key=dict(type="str", default=BASELINE_KEY, no_log=False),
     )
-    return spec
+
+
+def capacity_policy(conn: Any, wanted: str) -> str:
+    """The policy to judge capacity by: the one the data step recorded (one source), unless one is given."""
+    if wanted != "from_ledger":
+        return wanted
+    row = ledger(conn).get(DATA_VERSION)
+    recorded = ((row.details if row else {}).get("capacity") or {}).get("policy")
+    return recorded if recorded in CAPACITY_POLICIES else CAPACITY_POLICY
 
 
 def gather(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
@@ -179,19 +195,23 @@ def gather(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
     result["anomalies"] = relationship_anomalies(conn, p["sample_limit"])
     result["ledger"] = sorted(ledger(conn))
     if p["phase"] == "pre":
-        result["legacy_checksums"] = {t: dict(rows=s["rows"], checksum=s["checksum"]) for t, s in legacy_snapshot(conn).items()}
+        snapshot = legacy_snapshot(conn, flags=p["feature_flags"])
+        result["legacy_checksums"] = {t: dict(rows=s["rows"], checksum=s["checksum"]) for t, s in snapshot.items()}
         return
     if not target_schema_missing(conn):
         result["seed_post_migration"] = metric_rows(conn, SEED_POST_MIGRATION_SQL)
         result["seed_integrity"] = metric_rows(conn, SEED_INTEGRITY_SQL)
+    policy = capacity_policy(conn, p["capacity_policy"])
+    result["capacity_policy"] = policy
     checks, report = post_migration_checks(
         conn,
         p["organization_slug"],
         source,
         sample_limit=p["sample_limit"],
-        capacity_policy=p["capacity_policy"],
+        capacity_policy=policy,
         require_versions=p["require_versions"],
         baseline_key=p["baseline_key"],
+        flags=p["feature_flags"],
     )
     result["legacy"] = report.pop("legacy", {})
     result["report"] = report
@@ -202,23 +222,10 @@ def gather(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    if not 0 <= module.params["sample_limit"] <= 1000:
-        module.fail_json(msg="sample_limit must be between 0 and 1000")
-    params = dict(module.params, application_name=application_name(module.params, "facts"))
+    problem = None if 0 <= module.params["sample_limit"] <= 1000 else "sample_limit must be between 0 and 1000"
     result: dict[str, Any] = dict(changed=False, checks=[], failed_checks=[], warnings_checks=[])
-    try:
-        conn = connect(params)
-        try:
-            # Read-only: one REPEATABLE READ snapshot, so every figure describes the same moment.
-            conn.isolation_level = 3  # psycopg.IsolationLevel.REPEATABLE_READ
-            conn.read_only = True
-            gather(module, conn, result)
-            conn.rollback()
-        finally:
-            conn.close()
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear, secret-free line
-        fail_cleanly(module, exc, {})
-    module.exit_json(**result)
+    # Read-only: one REPEATABLE READ snapshot, so every figure describes the same moment.
+    run_module(module, result, gather, component="facts", read_only=True, problem=problem)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # The data step's membership part: every profile not yet migrated joins the default organization
 # with its roles, is_active and last_activity, in keyset batches by primary key, one short
 # transaction per batch, so an interrupted run resumes where it stopped. The rules and their SQL
-# are in module_utils/vdp_migration.py (roles rule, sign-in detection, trigger handling).
+# are in module_utils/vdp_rules.py, the batching in module_utils/vdp_membership.py.
 """Ansible module: batched, resumable organization membership and roles of legacy profiles."""
 
 from __future__ import annotations
@@ -26,13 +26,16 @@ description:
   - Every batch is planned as index nested loops (hash and merge joins are switched off for its transaction), so a
     batch reads the profiles it changes, never the whole table, whatever the batch size.
   - Capacity. When the organization's C(max_users) is below the number of profiles it will hold,
-    I(capacity_policy) decides; C(raise) sets C(max_users) to that number (reported with the old value),
-    C(fail) stops before any write, C(report) migrates and reports the overflow.
-  - Stores the legacy baseline (content checksums) before its first write when none exists yet.
+    I(capacity_policy) decides; C(raise) sets C(max_users) to that number plus I(capacity_headroom_percent)
+    (reported with the old value), C(fail) stops before any write, C(report) migrates and reports the overflow.
+  - Stores the legacy baseline (per-row hashes, checksums, structure) before its first write when none exists yet.
+  - Between batches, renews the run lease's heartbeat and stops cleanly when a stop was requested (playbooks/stop.yml).
+    A failure half-way reports the profiles the committed batches migrated.
   - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
 version_added: "1.0.0"
 extends_documentation_fragment:
   - vdp_postgres
+  - vdp_run
 options:
   organization_slug:
     description: Slug of the organization the profiles join (it must exist; see vdp_organization).
@@ -76,25 +79,21 @@ options:
     choices: [raise, fail, report]
     default: raise
   capacity_headroom_percent:
-    description: With I(capacity_policy=raise), extra room added on top of the needed number of users.
+    description:
+      - With I(capacity_policy=raise), extra room added on top of the needed number of users, so the first sign-ups
+        after the migration still fit.
     type: int
-    default: 0
+    default: 10
+  feature_flags:
+    description: The migration's own feature flags, left out of the legacy baseline (they are not legacy rows).
+    type: list
+    elements: str
+    default: [organizational_model, multi_role_support]
   max_users_if_missing:
     description:
       - Check mode only, when the organization does not exist yet (a --check of the whole runbook); the max_users it
         will be created with, so the capacity decision can be reported.
     type: int
-  lock_retries:
-    description: Retries of a batch after a lock timeout.
-    type: int
-    default: 5
-  lock_retry_backoff:
-    description: Seconds before the first retry; doubled at each retry.
-    type: float
-    default: 1.0
-  run_id:
-    description: The runbook run id, stored with the baseline and shown in C(application_name).
-    type: str
 attributes:
   check_mode:
     support: full
@@ -179,56 +178,60 @@ import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.vdp_baseline import ensure_baseline
+from ansible.module_utils.vdp_errors import EngineError
 from ansible.module_utils.vdp_legacy import detect_sign_in_source
-from ansible.module_utils.vdp_migration import (
-    EngineError,
-    application_name,
+from ansible.module_utils.vdp_lifecycle import engine_argument_spec, lock_policy, run_module, run_options_problem
+from ansible.module_utils.vdp_membership import (
+    MembershipProgress,
     choose_trigger_suppression,
-    ensure_baseline,
     membership_plan,
     migrate_membership,
-    organization_capacity,
-    organization_id,
     pending_profiles,
     profile_update_triggers,
+    role_totals,
+)
+from ansible.module_utils.vdp_names import (
+    BATCH_SIZE,
+    CAPACITY_HEADROOM_PERCENT,
+    CAPACITY_POLICIES,
+    CAPACITY_POLICY,
+    DEFAULT_ORG_SLUG,
+    FEATURE_FLAGS,
+)
+from ansible.module_utils.vdp_target import (
+    organization_capacity,
+    organization_id,
     require_organization,
     require_target_schema,
-    run_locked,
     set_capacity,
     target_schema_missing,
 )
-from ansible.module_utils.vdp_pg import pg_connection_argument_spec
 
 
 def argument_spec() -> dict[str, Any]:
-    spec = pg_connection_argument_spec()
-    spec.update(
-        organization_slug=dict(type="str", default="individual-users"),
-        batch_size=dict(type="int", default=20000),
+    return engine_argument_spec(
+        organization_slug=dict(type="str", default=DEFAULT_ORG_SLUG),
+        batch_size=dict(type="int", default=BATCH_SIZE),
         pause_between_batches=dict(type="float", default=0.0),
         max_batches=dict(type="int", default=0),
         sign_in_source=dict(type="str", default="auto", choices=["auto", "profiles", "auth.users", "none"]),
         trigger_suppression=dict(type="str", default="auto", choices=["auto", "session_replication_role", "alter_table"]),
-        capacity_policy=dict(type="str", default="raise", choices=["raise", "fail", "report"]),
-        capacity_headroom_percent=dict(type="int", default=0),
+        capacity_policy=dict(type="str", default=CAPACITY_POLICY, choices=list(CAPACITY_POLICIES)),
+        capacity_headroom_percent=dict(type="int", default=CAPACITY_HEADROOM_PERCENT),
         max_users_if_missing=dict(type="int"),
-        lock_retries=dict(type="int", default=5),
-        lock_retry_backoff=dict(type="float", default=1.0),
-        run_id=dict(type="str"),
+        feature_flags=dict(type="list", elements="str", default=list(FEATURE_FLAGS)),
     )
-    return spec
 
 
 def validate(params: dict[str, Any]) -> str | None:
     if not 1 <= params["batch_size"] <= 1_000_000:
-        return f"batch_size {params['batch_size']} is out of range: use 1 .. 1000000 (default 20000)"
+        return f"batch_size {params['batch_size']} is out of range: use 1 .. 1000000 (default {BATCH_SIZE})"
     if params["pause_between_batches"] < 0 or params["max_batches"] < 0:
         return "pause_between_batches and max_batches must be >= 0"
     if not 0 <= params["capacity_headroom_percent"] <= 1000:
         return "capacity_headroom_percent must be between 0 and 1000"
-    if not 0 <= params["lock_retries"] <= 50:
-        return "lock_retries must be between 0 and 50"
-    return None
+    return run_options_problem(params)
 
 
 def capacity_decision(params: dict[str, Any], max_users: int | None, members_after: int) -> dict[str, Any]:
@@ -268,12 +271,11 @@ def run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
     source = (
         detect_sign_in_source(conn)
         if p["sign_in_source"] == "auto"
-        else (None if p["sign_in_source"] == "none" else p["sign_in_source"])
+        else {"none": None}.get(p["sign_in_source"], p["sign_in_source"])
     )
     result["sign_in_source"] = source or "none"
-    # A real run counts the roles it gives batch by batch: only check mode pays for the role aggregation.
+    # A real run counts the roles in the database at the end: only check mode pays for the role aggregation here.
     plan = membership_plan(conn, org_id, schema_ready, with_roles=module.check_mode)
-    conn.commit()
     result.update(profiles_total=plan["total"], already_migrated=plan["total"] - plan["pending"], remaining=plan["pending"])
     max_users = organization_capacity(conn, org_id) if org_id is not None else p.get("max_users_if_missing")
     capacity = capacity_decision(p, max_users, plan["members"] + plan["pending"])
@@ -287,66 +289,87 @@ def run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
         raise EngineError(
             f"organization {p['organization_slug']!r} allows {capacity['max_users_before']} users but would hold "
             f"{capacity['members_after']} after the migration (over by {capacity['over_by']}): raise its max_users "
-            "(vdp_organization) or use capacity_policy=raise/report; nothing was changed",
+            "or set org_data_migration_capacity_policy to raise or report; nothing was changed",
             capacity=capacity,
         )
     if plan["pending"]:
         # Decided before any write (and reported in check mode): a trigger_suppression that cannot be
         # honoured here fails now, having changed nothing.
-        triggers = profile_update_triggers(conn)
-        result["trigger_suppression"] = choose_trigger_suppression(conn, p["trigger_suppression"], triggers)
+        result["trigger_suppression"] = choose_trigger_suppression(conn, p["trigger_suppression"], profile_update_triggers(conn))
     if module.check_mode:
         result.update(
             migrated=plan["pending"],
             remaining=0,
-            roles=dict(
-                coach_only=plan["coach_only"],
-                coach_and_practitioner=plan["coach_and_practitioner"],
-                practitioner_only=plan["practitioner_only"],
-            ),
             changed=bool(plan["pending"]) or capacity["action"] == "raised",
+            roles={k: plan[k] for k in ("coach_only", "coach_and_practitioner", "practitioner_only")},
         )
         return
-    if plan["pending"] == 0 and capacity["action"] != "raised":
-        return
-    result["baseline_captured"] = ensure_baseline(conn, p.get("run_id"))
+    if plan["pending"] or capacity["action"] == "raised":
+        migrate(module, conn, result, org_id, source, capacity, plan["pending"])
+    if org_id is not None:
+        totals = role_totals(conn, org_id)
+        conn.commit()
+        result["roles"] = {k: totals[k] for k in ("coach_only", "coach_and_practitioner", "practitioner_only")}
+    result["duration_ms"] = int((time.monotonic() - started) * 1000)
+
+
+def migrate(
+    module: AnsibleModule,
+    conn: Any,
+    result: dict[str, Any],
+    org_id: Any,
+    source: str | None,
+    capacity: dict[str, Any],
+    pending: int,
+) -> None:
+    """The writes: baseline, capacity, the batches. `result` follows the committed batches even when one fails."""
+    p = module.params
+    result["baseline_captured"] = ensure_baseline(conn, p.get("run_id"), flags=p["feature_flags"])
     if capacity["action"] == "raised":
         set_capacity(conn, org_id, capacity["max_users_after"])
         result["changed"] = True
-    if plan["pending"]:
-        progress = migrate_membership(
+    if not pending:
+        return
+    progress = MembershipProgress()
+    try:
+        migrate_membership(
             conn,
             org_id,
             source,
             p["batch_size"],
+            progress,
+            lock_policy(module, "membership"),
             pause=p["pause_between_batches"],
-            retries=p["lock_retries"],
-            backoff=p["lock_retry_backoff"],
             max_batches=p["max_batches"],
             trigger_suppression=p["trigger_suppression"],
+            run_id=p.get("run_id"),
         )
-        result["trigger_suppression"] = progress.trigger_suppression
-        result["migrated"] = progress.migrated
-        result["roles"] = dict(
-            coach_only=progress.coach_only,
-            coach_and_practitioner=progress.coach_and_practitioner,
-            practitioner_only=progress.migrated - progress.coach_only - progress.coach_and_practitioner,
+    finally:
+        result.update(
+            migrated=progress.migrated,
+            trigger_suppression=progress.trigger_suppression,
+            changed=result["changed"] or progress.migrated > 0,
+            batches=dict(
+                count=progress.batches, size=p["batch_size"], slowest_ms=progress.max_batch_ms, lock_retries=progress.lock_retries
+            ),
         )
-        result["batches"] = dict(
-            count=progress.batches, size=p["batch_size"], slowest_ms=progress.max_batch_ms, lock_retries=progress.lock_retries
-        )
-        result["remaining"] = pending_profiles(conn)
-        conn.commit()
-        result["changed"] = result["changed"] or progress.migrated > 0
-    result["duration_ms"] = int((time.monotonic() - started) * 1000)
+    result["remaining"] = pending_profiles(conn)
+    conn.commit()
+    analyze_profiles(conn)
+
+
+def analyze_profiles(conn: Any) -> None:
+    """Fresh statistics for the profiles' new columns (the planner would otherwise believe them all NULL)."""
+    previous = conn.autocommit
+    conn.autocommit = True
+    try:
+        conn.execute("ANALYZE public.profiles")
+    finally:
+        conn.autocommit = previous
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    problem = validate(module.params)
-    if problem:
-        module.fail_json(msg=problem)
-    params = dict(module.params, application_name=application_name(module.params, "membership"))
     result: dict[str, Any] = dict(
         changed=False,
         migrated=0,
@@ -362,7 +385,7 @@ def main() -> None:
         baseline_captured=False,
         duration_ms=0,
     )
-    run_locked(module, params, result, run)
+    run_module(module, result, run, component="membership", problem=validate(module.params))
 
 
 if __name__ == "__main__":

@@ -22,19 +22,25 @@ description:
 version_added: "1.0.0"
 extends_documentation_fragment:
   - vdp_postgres
+  - vdp_run
 options:
   slug:
-    description: Unique key of the organization (1 to 100 characters, no control characters, no outer spaces).
-    type: str
-    required: true
+    description:
+      - Unique key of the organization (text of 1 to 100 characters, no control characters, no outer spaces).
+      - Checked to be text before anything else (a number or a list is refused, not converted).
+      - Default the migration's default organization (the slug the schema's sign-up trigger names).
+    type: raw
+    default: individual-users
   state:
     description: Whether the organization should exist.
     type: str
     choices: [present, absent]
     default: present
   name:
-    description: Display name (1 to 200 characters). Required when the organization is created.
-    type: str
+    description:
+      - Display name (text of 1 to 200 characters). Required when the organization is created.
+      - Checked to be text before anything else (a number or a list is refused, not converted).
+    type: raw
   primary_color:
     description: Brand colour as C(#RRGGBB).
     type: str
@@ -54,9 +60,6 @@ options:
     elements: str
     choices: [name, primary_color, secondary_color, subscription_tier, max_users]
     default: []
-  run_id:
-    description: The runbook run id, shown in C(application_name).
-    type: str
 attributes:
   check_mode:
     support: full
@@ -117,19 +120,15 @@ import re
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.vdp_errors import EngineError
+from ansible.module_utils.vdp_lifecycle import engine_argument_spec, run_module, text_problem
+from ansible.module_utils.vdp_names import DEFAULT_ORG_SLUG
+from ansible.module_utils.vdp_target import require_target_schema, target_schema_missing
 
 try:
     from psycopg import sql
 except ImportError:  # pragma: no cover - vdp_pg.connect reports the missing package
     sql = None
-from ansible.module_utils.vdp_migration import (
-    EngineError,
-    application_name,
-    require_target_schema,
-    run_locked,
-    target_schema_missing,
-)
-from ansible.module_utils.vdp_pg import pg_connection_argument_spec
 
 ATTRIBUTES = ("name", "primary_color", "secondary_color", "subscription_tier", "max_users")
 _COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
@@ -138,24 +137,28 @@ MAX_USERS_LIMIT = 2_147_483_647
 
 
 def argument_spec() -> dict[str, Any]:
-    spec = pg_connection_argument_spec()
-    spec.update(
-        slug=dict(type="str", required=True),
+    # slug and name are raw: a number or a list given by mistake must be refused, not stored as '5' or "['a', 'b']".
+    return engine_argument_spec(
+        slug=dict(type="raw", default=DEFAULT_ORG_SLUG),
         state=dict(type="str", default="present", choices=["present", "absent"]),
-        name=dict(type="str"),
+        name=dict(type="raw"),
         primary_color=dict(type="str"),
         secondary_color=dict(type="str"),
         subscription_tier=dict(type="str", choices=["free", "starter", "professional", "enterprise", "legacy"]),
         max_users=dict(type="int"),
         create_only=dict(type="list", elements="str", default=[], choices=list(ATTRIBUTES)),
-        run_id=dict(type="str"),
     )
-    return spec
 
 
 def validate(params: dict[str, Any]) -> list[str]:
     """Every problem with the input, each saying what to fix (checked before connecting)."""
-    problems: list[str] = []
+    # Types first (the rules below read text); emptiness and length are the rules' to word.
+    typed = [text_problem("slug", params["slug"], 10_000, allow_empty=True)]
+    if params.get("name") is not None:
+        typed.append(text_problem("organization name", params["name"], 10_000, allow_empty=True))
+    problems: list[str] = [p for p in typed if p]
+    if problems:
+        return problems
     slug = params["slug"]
     if not slug or slug != slug.strip() or len(slug) > 100 or _CONTROL.search(slug):
         problems.append(f"slug {slug!r} is not valid: use 1 to 100 characters without control characters or outer spaces")
@@ -279,12 +282,9 @@ def ensure(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    problems = validate(module.params)
-    if problems:
-        module.fail_json(msg="; ".join(problems), problems=problems)
-    params = dict(module.params, application_name=application_name(module.params, "organization"))
     result: dict[str, Any] = dict(changed=False, created=False, deleted=False, changed_attributes=[], organization=None)
-    run_locked(module, params, result, ensure)
+    problem = "; ".join(validate(module.params)) or None
+    run_module(module, result, ensure, component="organization", problem=problem)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/python
-# Restore a verified backup from S3 into the staging database: guard against production, verify
-# the object while fetching it, recreate the database, create the roles the dump needs,
-# pg_restore with parallel jobs, ANALYZE, and prove row-count parity with the manifest.
+# Restore a verified backup from S3 into a database: the staging copy the rehearsal migrates, or -
+# on the rollback path only, with the exact confirmation phrase - production itself. The production
+# guard (module_utils/vdp_guard.py) decides by server identity, never by address; the backup is
+# proven end to end (every recorded SHA-256, a full decode) BEFORE anything is dropped.
 """Ansible module vdp_restore: guarded, verified restore of a vdp backup from S3."""
 
 from __future__ import annotations
@@ -11,20 +12,28 @@ DOCUMENTATION = r"""
 module: vdp_restore
 short_description: Restore a verified vdp backup from S3 into a (staging) database, never onto production
 description:
-  - Refuses, before anything else, when the target resolves to the same host, port and database as production
-    (I(production_host)/I(production_port)/I(production_db); host names are resolved, C(localhost) equals
-    C(127.0.0.1)). Only the rollback path may restore production, by setting I(allow_production) to the exact
-    phrase C(I understand this overwrites production).
-  - Picks a backup written by M(vdp_backup) (this run's, the newest, or an explicit key) and verifies it while
-    fetching it - SHA-256 read back against the object metadata and the manifest, size, and C(pg_restore --list)
-    with the expected tables. A backup that fails verification is never restored.
+  - Before anything else, the production guard connects to the target server and to production (I(production)) and
+    compares their identity - C(system_identifier) and the database OID, plus a live witness (an advisory lock taken
+    on production must not be visible from the target) - so production reached through a forwarder, an alias,
+    C(0.0.0.0), an IPv4-mapped address or a socket path is still recognised. It refuses such a target, a system or
+    maintenance database (C(postgres), C(template0/1), I(maintenance_db)), and, unless
+    I(allow_unreachable_production), a target it cannot compare because production is unreachable. Only the rollback
+    path may restore production, by setting I(production_confirmation) to the exact phrase
+    C(I understand this overwrites production).
+  - Picks a backup written by M(vdp_backup) (this run's, the newest, or an explicit key) and proves it while fetching
+    it - the SHA-256 read back against the object metadata, the object tag and the manifest, the size, the table of
+    contents, and a full decode (C(pg_restore -f /dev/null) reads every data block). A backup that fails any of it is
+    never restored, and nothing has been dropped.
   - Terminates the target database's sessions, drops and recreates it from template0 (encoding and locale of the
     source), creates the roles the dump references that the target cluster lacks (NOLOGIN, no password), runs
     C(pg_restore -j jobs --exit-on-error), runs ANALYZE, and compares the exact row count of every table in the
     manifest. Tables the restored database holds that the manifest did not count are reported.
-  - I(mode=file) downloads the object to I(workdir) while verifying it (one read of S3) so pg_restore can run
-    parallel jobs; I(mode=stream) needs no local disk - it verifies in a first read and streams a second read
-    into C(pg_restore) (one job), hashing it again.
+  - I(mode=file) downloads the object into a private work folder (mode 0700, removed on every exit path; a folder
+    left by a killed run is removed by the next) while proving it, so pg_restore can run parallel jobs on the very
+    bytes that were proven; I(mode=stream) needs no local disk - it proves the object in a first read and streams a
+    second read into C(pg_restore) (one job), hashing it again.
+  - Renews the run lease on production while it works, and stops cleanly (pg_restore killed) when a stop was
+    requested (playbooks/stop.yml).
   - Idempotent - the restored database carries a comment naming the backup; when it already holds this backup
     with matching row counts, nothing is done (changed=false) unless I(force=true).
 version_added: "1.0.0"
@@ -33,30 +42,44 @@ extends_documentation_fragment:
   - vdp_postgres
   - vdp_s3
 options:
-  production_host:
-    description: Host of the production database (vdp_production_db.host), for the guard.
-    type: str
+  production:
+    description:
+      - The production database (vdp_production_db) the guard compares the target with - host, port, dbname, user and
+        password (PGPASSWORD when omitted). Required.
+    type: dict
     required: true
-  production_port:
-    description: Port of the production database.
-    type: int
-    default: 5432
-  production_db:
-    description: Name of the production database.
-    type: str
-    required: true
-  allow_production:
-    description: The exact phrase C(I understand this overwrites production) lets it overwrite production (rollback only).
+    suboptions:
+      host: {description: Host., type: str, required: true}
+      port: {description: Port., type: int, default: 5432}
+      dbname: {description: Database., type: str, required: true}
+      user: {description: Role., type: str}
+      password: {description: Password (PGPASSWORD applies when omitted). Never printed., type: str, no_log: true}
+      ssl_mode:
+        description: libpq sslmode.
+        type: str
+        default: prefer
+        choices: [disable, allow, prefer, require, verify-ca, verify-full]
+      ca_cert: {description: CA certificate file., type: path}
+  production_confirmation:
+    description:
+      - The exact phrase C(I understand this overwrites production) lets the target be production (the rollback's full
+        restore). Anything else non-empty is refused. The staging restore and the rehearsal never pass it.
     type: str
     default: ""
+  allow_unreachable_production:
+    description: Restore even when production cannot be reached to prove the target is not production (say so explicitly).
+    type: bool
+    default: false
   maintenance_db:
     description: Database on the target cluster to connect to while dropping and creating the target database.
     type: str
     default: postgres
-  bucket:
-    description: S3 bucket.
+  run_id:
+    description: The runbook run id (source C(run)'s backup; the lease heartbeat and stop request).
     type: str
-    required: true
+  bucket:
+    description: S3 bucket (or I(s3.bucket)); required one way or the other.
+    type: str
   prefix:
     description: Key prefix of the backups (as given to M(vdp_backup)).
     type: str
@@ -66,9 +89,6 @@ options:
     type: str
     choices: [run, latest, key]
     default: run
-  run_id:
-    description: Run id of the backup, for I(source=run).
-    type: str
   key:
     description: Key of the dump object (or of its manifest.json), for I(source=key).
     type: str
@@ -118,10 +138,6 @@ options:
   pg_bindir:
     description: Folder of pg_restore; default the server major's usual folder, then PATH.
     type: path
-notes:
-  - Target connection options follow community.postgresql (login_host, login_port, login_user, login_password, login_db
-    = the database to recreate, ...) with PG* environment fallback; the password reaches pg_restore only through PGPASSWORD.
-  - S3 options follow amazon.aws (endpoint_url, region, access_key, secret_key, ...) with AWS_* environment fallback.
 attributes:
   check_mode:
     support: full
@@ -145,9 +161,7 @@ EXAMPLES = r"""
     login_user: "{{ vdp_staging_db.user }}"
     login_password: "{{ vdp_staging_db.password | default(omit) }}"
     login_db: "{{ vdp_staging_db.dbname }}"
-    production_host: "{{ vdp_production_db.host }}"
-    production_port: "{{ vdp_production_db.port }}"
-    production_db: "{{ vdp_production_db.dbname }}"
+    production: "{{ vdp_production_db }}"
     endpoint_url: "{{ vdp_s3.endpoint_url | default(omit) }}"
     access_key: "{{ vdp_s3.access_key | default(omit) }}"
     secret_key: "{{ vdp_s3.secret_key | default(omit) }}"
@@ -202,69 +216,70 @@ manifest_missing_tables:
   returned: when restored or already present
   type: list
   elements: str
+guard:
+  description: The production guard's verdict (is_production, same_server, evidence, the identities compared).
+  returned: always
+  type: dict
+removed_leftovers:
+  description: Work folders of killed runs (possibly holding a plaintext dump) that this run removed.
+  returned: always
+  type: list
+  elements: str
 seconds:
   description: Time per step (verify_download, drop_create, roles, pg_restore, analyze, parity, total).
   returned: always
   type: dict
 """
 
-import json
 import os
-import shutil
-import subprocess
-import tempfile
 import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vdp_backup import (
-    TARGET_TABLES,
-    BackupNotFound,
-    HashingReader,
-    StderrTail,
-    Verdict,
-    child_env,
-    conninfo,
-    count_rows,
-    iso,
-    locate_backup,
-    production_guard,
-    s3_call,
-    utcnow,
-    verify_backup,
-)
+from ansible.module_utils.vdp_archive import Verdict, locate_backup, s3_call, verify_backup
+from ansible.module_utils.vdp_errors import OperatorError
+from ansible.module_utils.vdp_guard import PRODUCTION_CONFIRMATION, GuardOutcome, check_target, identify
+from ansible.module_utils.vdp_lease import HeartbeatThread
 from ansible.module_utils.vdp_legacy import LEGACY_TABLES
-from ansible.module_utils.vdp_pg import ConnectionFailure, connect, pg_connection_argument_spec, redact, target_from_params
-from ansible.module_utils.vdp_pgtools import ToolNotFound, pg_tool_path, pg_tool_version, skew_problem
-from ansible.module_utils.vdp_s3 import S3Failure, bucket_exists, s3_argument_spec, s3_client, s3_secrets
+from ansible.module_utils.vdp_lifecycle import application_name, run_module, secrets_of
+from ansible.module_utils.vdp_pg import DB_OPTIONS, connect, pg_connection_argument_spec, target_from_params
+from ansible.module_utils.vdp_pgtools import pg_tool_path, pg_tool_version, skew_problem
+from ansible.module_utils.vdp_restore import (
+    RestoreFailure,
+    analyze,
+    create_roles,
+    current_marker,
+    failure,
+    maintenance_params,
+    missing_roles,
+    needed_roles,
+    parity,
+    recreate_database,
+    run_restore_file,
+    run_restore_stream,
+    set_marker,
+)
+from ansible.module_utils.vdp_s3 import S3_DICT_OPTIONS, S3Failure, bucket_exists, s3_argument_spec, s3_client
+from ansible.module_utils.vdp_workdir import private_workdir, remove_stale
 
 try:
     import psycopg
-    from psycopg import sql
 
     PG_ERRORS: tuple[type[BaseException], ...] = (psycopg.Error,)
 except ImportError:  # pragma: no cover - connect() reports it
-    sql = None  # type: ignore[assignment]
     PG_ERRORS = ()
-
-MARKER_PREFIX = "vdp-restore "
-PROTECTED_DATABASES = {"template0", "template1"}
-
-
-class RestoreFailure(Exception):
-    """The restore could not be done; one secret-free line."""
 
 
 def argument_spec() -> dict[str, Any]:
     spec = pg_connection_argument_spec()
     spec.update(s3_argument_spec())
     spec.update(
-        production_host=dict(type="str", required=True),
-        production_port=dict(type="int", default=5432),
-        production_db=dict(type="str", required=True),
-        allow_production=dict(type="str", default="", no_log=False),
+        production=dict(type="dict", required=True, options=DB_OPTIONS),
+        production_confirmation=dict(type="str", default="", no_log=False),
+        allow_unreachable_production=dict(type="bool", default=False),
         maintenance_db=dict(type="str", default="postgres"),
-        bucket=dict(type="str", required=True),
+        s3=dict(type="dict", options=S3_DICT_OPTIONS),
+        bucket=dict(type="str"),
         prefix=dict(type="str", default=""),
         source=dict(type="str", choices=["run", "latest", "key"], default="run"),
         run_id=dict(type="str"),
@@ -285,288 +300,176 @@ def argument_spec() -> dict[str, Any]:
 
 
 def input_problem(p: dict[str, Any]) -> str | None:
-    target = target_from_params(p)
+    if not p.get("bucket"):
+        return "no bucket: set vdp_s3.bucket (the bucket of the backups)"
     if p["source"] == "run" and not p["run_id"]:
         return "source=run needs run_id (the run whose backup to restore)"
     if p["source"] == "key" and not p["key"]:
         return "source=key needs key (the dump's object key, or its manifest.json)"
     if p["jobs"] < 1 or p["jobs"] > 64:
         return f"jobs must be 1-64, got {p['jobs']}"
-    if target.dbname in PROTECTED_DATABASES or target.dbname == p["maintenance_db"]:
-        return f"refusing to recreate database '{target.dbname}': restore into a dedicated staging database (login_db)"
     if p["workdir"] and not os.path.isdir(p["workdir"]):
         return f"workdir {p['workdir']} is not a folder: create it or point workdir elsewhere"
     return None
 
 
-def format_problem(p: dict[str, Any], manifest: dict[str, Any]) -> str | None:
-    if p["mode"] == "stream" and manifest.get("format") == "directory":
-        return (
-            f"backup {manifest['key']} is a directory-format dump: pg_restore cannot read it from a stream. "
-            "Restore it with mode=file (it needs local disk for the dump)"
-        )
-    return None
-
-
-def maintenance_params(p: dict[str, Any]) -> dict[str, Any]:
-    return dict(p, login_db=p["maintenance_db"])
-
-
-# --------------------------------------------------------------------------- marker (idempotence)
-
-
-def marker_text(manifest: dict[str, Any]) -> str:
-    return MARKER_PREFIX + json.dumps(
-        {"key": manifest["key"], "sha256": manifest["sha256"], "run_id": manifest.get("run_id"), "restored_at": iso(utcnow())},
-        sort_keys=True,
-    )
-
-
-def current_marker(p: dict[str, Any], dbname: str) -> dict[str, Any] | None:
-    with connect(maintenance_params(p), autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (dbname,)
-        ).fetchone()
-    if not row or not row[0] or not str(row[0]).startswith(MARKER_PREFIX):
-        return None
-    try:
-        return json.loads(str(row[0])[len(MARKER_PREFIX) :])
-    except ValueError:
-        return None
-
-
-# --------------------------------------------------------------------------- steps
-
-
-def recreate_database(p: dict[str, Any], dbname: str, database: dict[str, Any], warnings: list[str]) -> None:
-    """Terminate the target's sessions, drop it, create it from template0 with the source's encoding/locale."""
-    with connect(maintenance_params(p), autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,)
-        )
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
-        base = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(dbname))
-        encoding = database.get("encoding")
-        with_locale = base
-        if encoding:
-            base = sql.SQL("{} ENCODING {}").format(base, sql.Literal(encoding))
-            with_locale = base
-            if database.get("collate") and database.get("ctype"):
-                with_locale = sql.SQL("{} LC_COLLATE {} LC_CTYPE {}").format(
-                    base, sql.Literal(database["collate"]), sql.Literal(database["ctype"])
-                )
-        try:
-            conn.execute(with_locale)
-        except Exception as exc:  # noqa: BLE001 - a locale the staging host lacks: fall back, and say so
-            warnings.append(
-                f"could not create the database with the source's locale ({str(exc).strip().splitlines()[0]}): used the default"
-            )
-            conn.execute(base)
-
-
-def needed_roles(manifest: dict[str, Any], owners: set[str]) -> list[str]:
-    return sorted(set(manifest.get("roles") or []) | owners)
-
-
-def missing_roles(p: dict[str, Any], roles: list[str]) -> list[str]:
-    with connect(maintenance_params(p), autocommit=True) as conn:
-        rows = conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (roles,)).fetchall()
-    present = {str(r[0]) for r in rows}
-    return [r for r in roles if r not in present]
-
-
-def create_roles(p: dict[str, Any], roles: list[str]) -> None:
-    with connect(maintenance_params(p), autocommit=True) as conn:
-        for role in roles:
-            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
-
-
-def restore_command(pg_restore: str, p: dict[str, Any], jobs: int, path: str | None) -> list[str]:
-    cmd = [pg_restore, "--no-password", "-d", conninfo(target_from_params(p), p, "vdp-runbook-restore")]
-    if jobs > 1:
-        cmd += ["-j", str(jobs)]
-    if p["exit_on_error"]:
-        cmd.append("--exit-on-error")
-    if p["no_owner"]:
-        cmd.append("--no-owner")
-    if p["no_privileges"]:
-        cmd.append("--no-privileges")
-    if path:
-        cmd.append(path)
-    return cmd
-
-
-def check_restore_exit(p: dict[str, Any], rc: int, err: str, warnings: list[str]) -> None:
-    """Fail on a pg_restore error; with exit_on_error=false, errors pg_restore skipped become a warning (parity decides)."""
-    if rc == 0:
-        return
-    if not p["exit_on_error"] and rc == 1 and "errors ignored on restore" in err:
-        warnings.append(f"pg_restore skipped errors (exit_on_error=false), row-count parity decides: {err[-1500:]}")
-        return
-    raise RestoreFailure(f"pg_restore failed (exit {rc}): {err[-2000:] or 'no message'}")
-
-
-def run_restore_file(pg_restore: str, p: dict[str, Any], path: str, secrets: list[str], warnings: list[str]) -> None:
-    run = subprocess.run(
-        restore_command(pg_restore, p, p["jobs"], path), capture_output=True, env=child_env(p.get("login_password")), check=False
-    )
-    err = redact(run.stderr.decode("utf-8", "replace").strip().replace("\n", " | "), *secrets)
-    check_restore_exit(p, run.returncode, err, warnings)
-
-
-def run_restore_stream(
-    client: Any, pg_restore: str, p: dict[str, Any], manifest: dict[str, Any], secrets: list[str], warnings: list[str]
-) -> str:
-    """Stream the object into pg_restore's stdin (one job, no disk), hashing it again; returns the SHA-256 read."""
-    body = client.get_object(Bucket=p["bucket"], Key=manifest["key"])["Body"]
-    reader = HashingReader(body)
-    proc = subprocess.Popen(
-        restore_command(pg_restore, p, 1, None), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env=child_env(p.get("login_password")),
-    )  # fmt: skip
-    tail = StderrTail(proc.stderr)  # type: ignore[arg-type]
-    broken = False
-    try:
-        while True:
-            data = reader.read(1024 * 1024)
-            if not data:
-                break
-            if not broken:
-                try:
-                    proc.stdin.write(data)  # type: ignore[union-attr]
-                except (BrokenPipeError, OSError):
-                    broken = True
-    finally:
-        try:
-            proc.stdin.close()  # type: ignore[union-attr]
-        except OSError:
-            pass
-        rc = proc.wait()
-    check_restore_exit(p, rc, tail.text(secrets), warnings)
-    return reader.hash.hexdigest()
-
-
-def parity(p: dict[str, Any], manifest: dict[str, Any], expected: list[str]) -> dict[str, Any]:
-    counted: dict[str, int] = {k: int(v) for k, v in (manifest.get("tables") or {}).items()}
-    candidates = sorted(set(counted) | set(expected) | set(TARGET_TABLES))
-    with connect(p, autocommit=True) as conn:
-        restored, absent = count_rows(conn, candidates)
-    table_parity = {
-        t: {"manifest": counted[t], "restored": restored.get(t), "equal": restored.get(t) == counted[t]} for t in sorted(counted)
-    }
-    mismatched = [t for t, v in table_parity.items() if not v["equal"]]
-    missing_from_manifest = sorted(t for t in restored if t not in counted)
+def production_params(p: dict[str, Any]) -> dict[str, Any]:
+    prod = p["production"]
     return dict(
-        parity=table_parity,
-        parity_ok=not mismatched,
-        mismatched_tables=mismatched,
-        manifest_missing_tables=missing_from_manifest,
-        absent_tables=[t for t in absent if t in counted],
+        login_host=prod["host"],
+        login_port=prod["port"],
+        login_db=prod["dbname"],
+        login_user=prod.get("user") or p.get("login_user"),
+        login_password=prod.get("password") or os.environ.get("PGPASSWORD") or None,
+        ssl_mode=prod.get("ssl_mode") or "prefer",
+        ca_cert=prod.get("ca_cert"),
+        connect_timeout=p.get("connect_timeout"),
+        inventory_key="vdp_production_db",
+        application_name=application_name(p, "restore-guard"),
     )
 
 
-def set_marker(p: dict[str, Any], dbname: str, manifest: dict[str, Any]) -> None:
-    with connect(maintenance_params(p), autocommit=True) as conn:
-        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(dbname), sql.Literal(marker_text(manifest))))
+def guard(p: dict[str, Any], manifest: dict[str, Any] | None = None) -> GuardOutcome:
+    """The production guard; on the rollback path also that the backup was taken from this very server."""
+    outcome = check_target(
+        dict(p, application_name=application_name(p, "restore-guard")),
+        production_params(p),
+        maintenance_db=p["maintenance_db"],
+        confirmation=p["production_confirmation"],
+        allow_unreachable_production=p["allow_unreachable_production"],
+    )
+    return outcome
 
 
 # --------------------------------------------------------------------------- orchestration
 
 
-def restore(module: AnsibleModule) -> dict[str, Any]:
-    p = module.params
-    target = target_from_params(p)
-    secrets = [p.get("login_password"), *s3_secrets(p)]
-    timings: dict[str, float] = {}
-    started = time.monotonic()
-    result: dict[str, Any] = dict(changed=False, restored=False, target=str(target), roles_created=[], seconds=timings)
-    problem = input_problem(p)
-    if problem:
-        module.fail_json(msg=problem, **result)
-    refusal = production_guard(
-        (target.host, target.port, target.dbname),
-        (p["production_host"], p["production_port"], p["production_db"]),
-        p["allow_production"],
-    )
-    if refusal:
-        module.fail_json(msg=refusal, **result)
-    expected = list(LEGACY_TABLES if p["tables"] is None else p["tables"])
-    client = s3_client(p)
+def locate(p: dict[str, Any], client: Any) -> tuple[str, dict[str, Any]]:
     if not bucket_exists(client, p["bucket"], p):
-        module.fail_json(msg=f"bucket '{p['bucket']}' does not exist: there is no backup to restore", **result)
-    manifest_key, manifest = s3_call(
+        raise OperatorError(f"bucket '{p['bucket']}' does not exist: there is no backup to restore")
+    return s3_call(
         "read the backup manifest",
         p,
         p["bucket"],
         lambda: locate_backup(client, p["bucket"], p["prefix"], p["source"], p["run_id"], p["key"]),
     )
-    result.update(key=manifest["key"], manifest_key=manifest_key, run_id=manifest.get("run_id"), sha256=manifest.get("sha256"))
-    problem = format_problem(p, manifest)
-    if problem:
-        module.fail_json(msg=problem, **result)
 
-    # The target server and the client programs.
+
+def tools(p: dict[str, Any], manifest: dict[str, Any]) -> str:
     with connect(maintenance_params(p), autocommit=True) as conn:
         server_major = conn.info.server_version // 10000
     pg_restore = pg_tool_path("pg_restore", p["pg_bindir"], server_major)
     tool_major, _ = pg_tool_version(pg_restore)
     skew = skew_problem("pg_restore", tool_major, max(server_major, int(manifest.get("pg_dump_major") or 0)))
     if skew:
-        module.fail_json(msg=skew, **result)
+        raise OperatorError(skew)
+    return pg_restore
 
-    # Already holds this backup? (idempotence)
-    marker = current_marker(p, target.dbname)
-    if marker and marker.get("sha256") == manifest.get("sha256") and marker.get("key") == manifest["key"] and not p["force"]:
-        check = parity(p, manifest, expected)
-        if check["parity_ok"] and not check["manifest_missing_tables"]:
-            result.update(check)
-            timings["total"] = round(time.monotonic() - started, 3)
-            return result
 
-    workdir = tempfile.mkdtemp(prefix="vdp-restore-", dir=p["workdir"])
-    try:
-        # Verify (and, in file mode, download in the same read).
-        step = time.monotonic()
-        save_to = None
-        if p["mode"] == "file" and not module.check_mode:
-            save_to = (
-                os.path.join(workdir, "dump") if manifest.get("format") == "directory" else os.path.join(workdir, "dump.pgdump")
-            )
-            if manifest.get("format") == "directory":
-                os.makedirs(save_to)
-        verdict: Verdict = s3_call(
-            "read the backup back", p, p["bucket"],
-            lambda: verify_backup(client, p["bucket"], manifest_key, manifest, pg_restore, expected, workdir, save_to=save_to),
-        )  # fmt: skip
-        timings["verify_download"] = round(time.monotonic() - step, 3)
-        if not verdict.ok:
-            module.fail_json(
-                msg=f"refusing to restore s3://{p['bucket']}/{verdict.key}: it FAILED verification: "
-                f"{'; '.join(verdict.problems)}. Take a new backup (nothing was changed)",
-                problems=verdict.problems,
-                **result,
-            )
-        roles = needed_roles(manifest, set(verdict.owners))
-        to_create = missing_roles(p, roles) if p["create_roles"] else []
-        result["roles_created"] = to_create
-        result["diff"] = dict(before={"backup": (marker or {}).get("key")}, after={"backup": manifest["key"]})
+def same_source_server(p: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Rollback path: the backup must come from this server (its system_identifier), not another one's."""
+    recorded = (manifest.get("source_identity") or {}).get("system_identifier")
+    with connect(maintenance_params(p), autocommit=True) as conn:
+        here = identify(conn, target_from_params(p).dbname).system_identifier
+    if recorded and here and recorded != here:
+        raise OperatorError(
+            f"refusing to restore {manifest['key']} onto production: it was taken from another server "
+            f"(system_identifier {recorded}, production is {here}). Pick this production's own backup"
+        )
+
+
+def already_restored(p: dict[str, Any], manifest: dict[str, Any], expected: list[str], result: dict[str, Any]) -> bool:
+    marker = current_marker(p, target_from_params(p).dbname)
+    result["diff"] = dict(before={"backup": (marker or {}).get("key")}, after={"backup": manifest["key"]})
+    if p["force"] or not marker or marker.get("sha256") != manifest.get("sha256") or marker.get("key") != manifest["key"]:
+        return False
+    check = parity(p, manifest, expected)
+    if check["parity_ok"] and not check["manifest_missing_tables"]:
+        result.update(check)
+        return True
+    return False
+
+
+def work(module: AnsibleModule, _conn: Any, result: dict[str, Any]) -> None:
+    p = module.params
+    started = time.monotonic()
+    result["removed_leftovers"] = remove_stale(p["workdir"])
+    outcome = guard(p)  # before anything else: never onto production unless the rollback confirmed it
+    result["guard"] = outcome.as_dict()
+    for warning in outcome.warnings:
+        module.warn(warning)
+    expected = list(LEGACY_TABLES if p["tables"] is None else p["tables"])
+    client = s3_client(p)
+    manifest_key, manifest = locate(p, client)
+    result.update(key=manifest["key"], manifest_key=manifest_key, run_id=manifest.get("run_id"), sha256=manifest.get("sha256"))
+    if p["mode"] == "stream" and manifest.get("format") == "directory":
+        raise OperatorError(
+            f"backup {manifest['key']} is a directory-format dump: pg_restore cannot read it from a stream. "
+            "Restore it with mode=file (it needs local disk for the dump)"
+        )
+    if outcome.verdict is not None and outcome.verdict.is_production:
+        same_source_server(p, manifest)
+    pg_restore = tools(p, manifest)
+    if already_restored(p, manifest, expected, result):
+        result["seconds"]["total"] = round(time.monotonic() - started, 3)
+        return
+    beat_params = dict(production_params(p), application_name=application_name(p, "restore-heartbeat"))
+    run_id = None if module.check_mode else p.get("run_id")
+    with (
+        private_workdir("vdp-restore-", p["workdir"]) as workdir,
+        HeartbeatThread(lambda: connect(beat_params, autocommit=True), run_id) as beat,
+    ):
+        save_to = proven_copy(module, client, manifest_key, manifest, pg_restore, expected, workdir, result)
         if module.check_mode:
             result["changed"] = True
-            timings["total"] = round(time.monotonic() - started, 3)
-            return result
-
-        warnings: list[str] = []
+            result["seconds"]["total"] = round(time.monotonic() - started, 3)
+            return
+        beat.check()
         result["changed"] = True  # from here on the target database is being replaced
+        warnings: list[str] = []
         try:
-            apply_restore(module, client, pg_restore, manifest, to_create, save_to, secrets, timings, warnings)
+            apply_restore(module, client, pg_restore, manifest, result, save_to, warnings, beat)
         except (RestoreFailure, S3Failure, *PG_ERRORS) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            module.fail_json(
-                msg=redact(f"the restore into {target} failed, the database is incomplete: {first}", *secrets), **result
-            )
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return finish(module, p, manifest, expected, result, warnings, started)
+            raise failure(target_from_params(p), exc, secrets_of(p)) from None
+    finish(module, manifest, expected, result, warnings, started)
+
+
+def proven_copy(
+    module: AnsibleModule,
+    client: Any,
+    manifest_key: str,
+    manifest: dict[str, Any],
+    pg_restore: str,
+    expected: list[str],
+    workdir: str,
+    result: dict[str, Any],
+) -> str | None:
+    """Read the backup back and prove it (every recorded SHA-256, the TOC, a full decode) - in file mode saving the
+    very bytes proven - before anything is dropped. Returns the local copy (file mode) or None."""
+    p = module.params
+    step = time.monotonic()
+    save_to = None
+    if p["mode"] == "file" and not module.check_mode:
+        save_to = os.path.join(workdir, "dump" if manifest.get("format") == "directory" else "dump.pgdump")
+        if manifest.get("format") == "directory":
+            os.makedirs(save_to)
+    verdict: Verdict = s3_call(
+        "read the backup back",
+        p,
+        p["bucket"],
+        lambda: verify_backup(client, p["bucket"], manifest_key, manifest, pg_restore, expected, workdir, save_to=save_to),
+    )
+    result["seconds"]["verify_download"] = round(time.monotonic() - step, 3)
+    result["verification"] = dict(decoded=verdict.decoded, problems=verdict.problems, toc_entries=verdict.toc_entries)
+    if not verdict.ok:
+        raise OperatorError(
+            f"refusing to restore s3://{p['bucket']}/{verdict.key}: it FAILED verification: "
+            f"{'; '.join(verdict.problems)}. Take a new backup (nothing was changed)",
+            problems=verdict.problems,
+        )
+    roles = needed_roles(manifest, set(verdict.owners))
+    result["roles_created"] = missing_roles(p, roles) if p["create_roles"] else []
+    return save_to
 
 
 def apply_restore(
@@ -574,32 +477,31 @@ def apply_restore(
     client: Any,
     pg_restore: str,
     manifest: dict[str, Any],
-    to_create: list[str],
+    result: dict[str, Any],
     save_to: str | None,
-    secrets: list[str],
-    timings: dict[str, float],
     warnings: list[str],
+    beat: HeartbeatThread,
 ) -> None:
     """Drop and recreate the target, create the missing roles, run pg_restore."""
     p = module.params
-    target = target_from_params(p)
+    timings = result["seconds"]
+    secrets = secrets_of(p)
     step = time.monotonic()
-    recreate_database(p, target.dbname, manifest.get("database") or {}, warnings)
+    recreate_database(p, target_from_params(p).dbname, manifest.get("database") or {}, warnings)
     timings["drop_create"] = round(time.monotonic() - step, 3)
     step = time.monotonic()
-    if to_create:
-        create_roles(p, to_create)
+    if result["roles_created"]:
+        create_roles(p, result["roles_created"])
     timings["roles"] = round(time.monotonic() - step, 3)
-
     step = time.monotonic()
     if p["mode"] == "file":
-        run_restore_file(pg_restore, p, str(save_to), secrets, warnings)
+        run_restore_file(pg_restore, p, str(save_to), secrets, warnings, check=beat.check)
     else:
         again = s3_call(
             "read the backup for the restore",
             p,
             p["bucket"],
-            lambda: run_restore_stream(client, pg_restore, p, manifest, secrets, warnings),
+            lambda: run_restore_stream(client, pg_restore, p, manifest, secrets, warnings, check=beat.check),
         )
         if again != manifest["sha256"]:
             raise RestoreFailure(
@@ -611,21 +513,17 @@ def apply_restore(
 
 def finish(
     module: AnsibleModule,
-    p: dict[str, Any],
     manifest: dict[str, Any],
     expected: list[str],
     result: dict[str, Any],
     warnings: list[str],
     started: float,
-) -> dict[str, Any]:
+) -> None:
     """ANALYZE, row-count parity with the manifest, the marker; fail on any mismatch."""
-    target = target_from_params(p)
+    p = module.params
     timings = result["seconds"]
     if p["analyze"]:
-        step = time.monotonic()
-        with connect(dict(p, statement_timeout="0"), autocommit=True) as conn:
-            conn.execute("ANALYZE")
-        timings["analyze"] = round(time.monotonic() - step, 3)
+        timings["analyze"] = analyze(p)
     step = time.monotonic()
     check = parity(p, manifest, expected)
     timings["parity"] = round(time.monotonic() - step, 3)
@@ -638,32 +536,29 @@ def finish(
             + ", ".join(check["manifest_missing_tables"])
         )
     if check["parity_ok"]:
-        set_marker(p, target.dbname, manifest)
+        set_marker(p, target_from_params(p).dbname, manifest)
     timings["total"] = round(time.monotonic() - started, 3)
     if not check["parity_ok"]:
         detail = ", ".join(
             f"{t} (manifest {check['parity'][t]['manifest']}, restored {check['parity'][t]['restored']})"
             for t in check["mismatched_tables"]
         )
-        module.fail_json(msg=f"row counts after the restore differ from the manifest: {detail}", **result)
-    return result
+        raise RestoreFailure(f"row counts after the restore differ from the manifest: {detail}")
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    secrets = [module.params.get("login_password"), *s3_secrets(module.params)]
-    try:
-        result = restore(module)
-    except (ConnectionFailure, S3Failure, BackupNotFound, ToolNotFound, RestoreFailure) as exc:
-        module.fail_json(msg=redact(str(exc), *secrets))
-    except PG_ERRORS as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        module.fail_json(msg=redact(f"PostgreSQL refused a restore step: {first}", *secrets))
-    except OSError as exc:
-        module.fail_json(msg=redact(f"local I/O failed: {exc}", *secrets))
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    target = target_from_params(module.params)
+    result: dict[str, Any] = dict(
+        changed=False, restored=False, target=str(target), roles_created=[], guard={}, removed_leftovers=[], seconds={}
+    )
+    problem = input_problem(module.params)
+    if not problem and module.params["production_confirmation"] not in ("", PRODUCTION_CONFIRMATION):
+        problem = (
+            f"refusing: production_confirmation is set but is not the exact phrase {PRODUCTION_CONFIRMATION!r}; leave it "
+            "empty for a staging restore (only the rollback path may restore PRODUCTION)"
+        )
+    run_module(module, result, work, component="restore", database=False, problem=problem)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # Versioned SQL migrations through a ledger (vdp_runbook.schema_migrations): apply pending files in
 # order, refuse edited applied files, revert, and record the data step's version. The SQL and the
-# ledger code live in module_utils/vdp_migration.py; this file is arguments, check mode, results.
+# ledger code live in module_utils/vdp_sqlfiles.py and vdp_ledger.py; this file is arguments, check mode, results.
 """Ansible module: apply, revert or record versioned schema migrations through a ledger."""
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ description:
     C(-- vdp:no-transaction) (for C(CREATE INDEX CONCURRENTLY)); such a file runs statement by statement,
     is recorded only when all succeeded, must be re-runnable, and an INVALID index left by a failed
     concurrent build is dropped and built again.
-  - Every statement runs under C(lock_timeout); a lock timeout rolls the file back and retries it with
-    exponential backoff, a bounded number of times.
-  - Before the first forward file is applied, a content checksum of every legacy table (the baseline
-    the validation compares with) is stored in C(vdp_runbook.baseline).
+  - Every statement runs under a short C(lock_timeout); a lock timeout rolls the file back and retries it with
+    exponential backoff and jitter, a bounded number of times; when all fail, the failure names the sessions that
+    held the lock (sampled from C(pg_blocking_pids()) while the attempts waited).
+  - Before the first forward file is applied, the legacy baseline (per-row hashes, checksums and structure of
+    every legacy table, the reference the validation compares with) is stored in C(vdp_runbook).
   - I(state=reverted) runs C(<version>.revert.sql) of applied versions, newest first, and removes them
     from the ledger (versions without a revert file, like the data step's, are only removed).
   - I(state=recorded) records a version that has no file (the data step, done by the modules).
@@ -31,12 +32,14 @@ description:
 version_added: "1.0.0"
 extends_documentation_fragment:
   - vdp_postgres
+  - vdp_run
 options:
   state:
     description:
-      - C(applied) applies pending files; C(reverted) reverts applied versions; C(recorded) records I(record_version).
+      - C(applied) applies pending files; C(reverted) reverts applied versions; C(recorded) records I(record_version);
+        C(listed) only reads the ledger and the pending versions, without the lock, so it answers while a run works.
     type: str
-    choices: [applied, reverted, recorded]
+    choices: [applied, reverted, recorded, listed]
     default: applied
   path:
     description: Directory holding the migration files (and their C(.revert.sql) files).
@@ -60,21 +63,11 @@ options:
     description: Capture the legacy baseline before the first forward file (I(state=applied)).
     type: bool
     default: true
-  lock_retries:
-    description: How many times a file (or statement) is retried after a lock timeout.
-    type: int
-    default: 5
-  lock_retry_backoff:
-    description: Seconds before the first retry; doubled at each retry.
-    type: float
-    default: 1.0
-  run_id:
-    description: The runbook run id, stored in the ledger and shown in C(application_name).
-    type: str
-notes:
-  - Connection options (I(login_host), I(login_port), I(login_user), I(login_password), I(login_db), I(ssl_mode),
-    I(ca_cert), I(connect_timeout), I(application_name), I(lock_timeout), I(statement_timeout)) are named as in
-    community.postgresql and fall back to the libpq environment (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE).
+  feature_flags:
+    description: The migration's own feature flags, left out of the legacy baseline (they are not legacy rows).
+    type: list
+    elements: str
+    default: [organizational_model, multi_role_support]
 attributes:
   check_mode:
     support: full
@@ -156,63 +149,47 @@ from dataclasses import asdict
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vdp_migration import (
-    DATA_VERSION,
-    EngineError,
-    MigrationFile,
-    application_name,
-    applied_by,
-    body_statements,
-    data_step_checksum,
-    declares_no_transaction,
+from ansible.module_utils.vdp_baseline import drop_baseline, ensure_baseline
+from ansible.module_utils.vdp_errors import EngineError
+from ansible.module_utils.vdp_ledger import (
     delete_version,
-    discover,
     drift,
-    drop_baseline,
-    ensure_baseline,
     ensure_runbook_schema,
-    fail_cleanly,
-    kind_of,
     ledger,
     record_version,
     run_autocommit,
     run_transactional,
 )
-from ansible.module_utils.vdp_pg import connect, migration_lock, pg_connection_argument_spec
+from ansible.module_utils.vdp_lifecycle import applied_by, engine_argument_spec, lock_policy, run_module, run_options_problem
+from ansible.module_utils.vdp_names import DATA_VERSION, FEATURE_FLAGS
+from ansible.module_utils.vdp_rules import data_step_checksum
+from ansible.module_utils.vdp_sqlfiles import MigrationFile, body_statements, declares_no_transaction, discover, kind_of
 
 _HEX64 = "0123456789abcdef"
 
 
 def argument_spec() -> dict[str, Any]:
-    spec = pg_connection_argument_spec()
-    spec.update(
-        state=dict(type="str", default="applied", choices=["applied", "reverted", "recorded"]),
+    return engine_argument_spec(
+        state=dict(type="str", default="applied", choices=["applied", "reverted", "recorded", "listed"]),
         path=dict(type="path"),
         versions=dict(type="list", elements="str"),
         record_version=dict(type="str"),
         record_details=dict(type="dict"),
         record_checksum=dict(type="str"),
         capture_baseline=dict(type="bool", default=True),
-        lock_retries=dict(type="int", default=5),
-        lock_retry_backoff=dict(type="float", default=1.0),
-        run_id=dict(type="str"),
+        feature_flags=dict(type="list", elements="str", default=list(FEATURE_FLAGS)),
     )
-    return spec
 
 
 def validate(params: dict[str, Any]) -> str | None:
-    if params["state"] in ("applied", "reverted") and not params.get("path"):
+    if params["state"] in ("applied", "reverted", "listed") and not params.get("path"):
         return f"path is required with state={params['state']}: point it at the project's migrations/ directory"
     if params["state"] == "recorded" and not params.get("record_version"):
         return "record_version is required with state=recorded (e.g. 20250103_organizational_model_data)"
     checksum = params.get("record_checksum")
     if checksum and (len(checksum) != 64 or any(c not in _HEX64 for c in checksum)):
         return "record_checksum must be a sha256 in lower-case hex (64 characters)"
-    if params["lock_retries"] < 0 or params["lock_retries"] > 50:
-        return "lock_retries must be between 0 and 50"
-    if params["lock_retry_backoff"] < 0:
-        return "lock_retry_backoff must be >= 0 seconds"
-    return None
+    return run_options_problem(params)
 
 
 def select_files(files: list[MigrationFile], versions: list[str] | None) -> list[MigrationFile]:
@@ -269,9 +246,10 @@ def do_apply(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
         return
     conn.commit()  # end the read-only transaction of the checks above
     if p["capture_baseline"]:
-        result["baseline_captured"] = ensure_baseline(conn, p.get("run_id"))
+        result["baseline_captured"] = ensure_baseline(conn, p.get("run_id"), flags=p["feature_flags"])
     ensure_runbook_schema(conn)
     who = applied_by(conn, p.get("run_id"))
+    policy = lock_policy(module, "schema")
     for mf in pending:
         statements = body_statements(mf.path, mf.transactional)
         if mf.transactional:
@@ -289,9 +267,9 @@ def do_apply(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
                     attempts=attempts,
                 )
 
-            outcome = run_transactional(conn, mf, statements, ledger_row, p["lock_retries"], p["lock_retry_backoff"])
+            outcome = run_transactional(conn, mf, statements, ledger_row, policy)
         else:
-            outcome = run_autocommit(conn, mf, statements, p["lock_retries"], p["lock_retry_backoff"])
+            outcome = run_autocommit(conn, mf, statements, policy)
             record_version(
                 conn,
                 version=mf.version,
@@ -327,6 +305,7 @@ def do_revert(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
     result["reverted"] = list(targets)
     if module.check_mode or not targets:
         return
+    policy = lock_policy(module, "schema")
     for version in targets:
         mf = files.get(version)
         if mf is None or mf.revert_path is None:  # the data step: its rows go with the schema revert
@@ -339,19 +318,11 @@ def do_revert(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
             text = mf.revert_path.read_text(encoding="utf-8")
             if declares_no_transaction(text):
                 revert.transactional = False
-                run_autocommit(conn, revert, body_statements(mf.revert_path, False), p["lock_retries"], p["lock_retry_backoff"])
+                run_autocommit(conn, revert, body_statements(mf.revert_path, False), policy)
                 delete_version(conn, version)
                 conn.commit()
             else:
-                run_transactional(
-                    conn,
-                    revert,
-                    body_statements(mf.revert_path, True),
-                    None,
-                    p["lock_retries"],
-                    p["lock_retry_backoff"],
-                    delete_ledger=version,
-                )
+                run_transactional(conn, revert, body_statements(mf.revert_path, True), None, policy, delete_ledger=version)
         if mf is not None and mf.kind == "schema":
             drop_baseline(conn)
             conn.commit()
@@ -388,12 +359,33 @@ def do_record(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
     result["changed"] = True
 
 
+def do_list(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
+    """Read-only: the versions of the folder not in the ledger (and refuse nothing: drift is only reported)."""
+    files = discover(module.params["path"])
+    done = ledger(conn)
+    result["pending"] = [f.version for f in files if f.version not in done]
+    result["drift"] = drift(files, done)
+
+
+def work(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
+    before = ledger_view(conn)
+    {"applied": do_apply, "reverted": do_revert, "recorded": do_record, "listed": do_list}[module.params["state"]](
+        module, conn, result
+    )
+    result["ledger"] = ledger_view(conn)
+    if module._diff:
+        after = dict(result["ledger"])
+        if module.check_mode:
+            after.update({v: dict(kind=kind_of(v), pending=True) for v in result["pending"]})
+            for v in result["reverted"]:
+                after.pop(v, None)
+        result["diff"] = dict(before=dict(versions=sorted(before)), after=dict(versions=sorted(after)))
+    if module.check_mode and module.params["state"] != "listed" and (result["pending"] or result["reverted"]):
+        result["changed"] = True
+
+
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    problem = validate(module.params)
-    if problem:
-        module.fail_json(msg=problem)
-    params = dict(module.params, application_name=application_name(module.params, "schema"))
     result: dict[str, Any] = dict(
         changed=False,
         applied=[],
@@ -404,32 +396,8 @@ def main() -> None:
         baseline_captured=False,
         rebuilt_invalid_indexes=[],
     )
-    try:
-        conn = connect(params)
-        try:
-            with migration_lock(conn):
-                before = ledger_view(conn)
-                if params["state"] == "applied":
-                    do_apply(module, conn, result)
-                elif params["state"] == "reverted":
-                    do_revert(module, conn, result)
-                else:
-                    do_record(module, conn, result)
-                result["ledger"] = ledger_view(conn)
-                if module._diff:
-                    after = dict(result["ledger"])
-                    if module.check_mode:
-                        after.update({v: dict(kind=kind_of(v), pending=True) for v in result["pending"]})
-                        for v in result["reverted"]:
-                            after.pop(v, None)
-                    result["diff"] = dict(before=dict(versions=sorted(before)), after=dict(versions=sorted(after)))
-                if module.check_mode and (result["pending"] or result["reverted"]):
-                    result["changed"] = True
-        finally:
-            conn.close()
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear, secret-free line
-        fail_cleanly(module, exc, result)
-    module.exit_json(**result)
+    listing = module.params["state"] == "listed"
+    run_module(module, result, work, component="schema", lock=not listing, read_only=listing, problem=validate(module.params))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 # What the runbook knows about the LEGACY (sponsor-practitioner) schema: where the sign-in time
 # lives, the seed's pre-migration counts, the relationship anomalies the migration must skip and
-# report, which tables must stay intact, and a content checksum to prove they did.
-# Read-only: nothing here writes. Used by preflight, backup, the engine modules and validation.
+# report, and which tables must stay intact.
+# Read-only: nothing here writes. Used by preflight, backup, the engine modules and validation;
+# the content checksums that prove the legacy tables intact are vdp_baseline's.
 """Legacy-schema knowledge shared by preflight, the migration engine and validation (read-only)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 try:
@@ -27,13 +27,6 @@ LEGACY_TABLES: tuple[str, ...] = (
     "public.feature_flags",
     "public.user_sessions",
 )
-
-# Feature flags the migration itself creates/toggles: their rows are not legacy content, so the
-# legacy checksum of public.feature_flags leaves them out (see table_checksums(exclude=...)).
-MIGRATION_FLAGS: tuple[str, ...] = ("organizational_model", "multi_role_support")
-LEGACY_CHECKSUM_EXCLUDE: dict[str, tuple[str, tuple[str, ...]]] = {
-    "public.feature_flags": ("flag_name", MIGRATION_FLAGS),
-}
 
 SIGN_IN_COLUMN = "last_sign_in_at"
 
@@ -229,7 +222,7 @@ def relationship_anomalies(conn: Any, sample_limit: int = 20) -> dict[str, dict[
     return result
 
 
-# --------------------------------------------------------------------------- content checksums
+# --------------------------------------------------------------------------- columns and text settings
 
 _COLUMNS_SQL = """
 SELECT attname FROM pg_attribute
@@ -237,24 +230,15 @@ WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped
 ORDER BY attnum
 """
 
-# Text renderings that depend on session settings are pinned for the checksum's transaction, so
-# two runs from different clients/timezones hash the same content to the same value.
-_PINNED_SETTINGS: tuple[tuple[str, str], ...] = (
+# Text renderings that depend on session settings, pinned for a content hash's transaction, so two
+# runs from different clients/timezones hash the same content to the same value (vdp_baseline).
+PINNED_SETTINGS: tuple[tuple[str, str], ...] = (
     ("TimeZone", "UTC"),
     ("DateStyle", "ISO, YMD"),
     ("IntervalStyle", "postgres"),
     ("extra_float_digits", "3"),
     ("bytea_output", "hex"),
 )
-
-# Order-independent multiset hash: the sums of two 60-bit slices of each row's md5 (numeric,
-# so no overflow). Equal contents give equal sums whatever the physical order; memory is O(1).
-_CHECKSUM_SQL = """
-SELECT count(*),
-       coalesce(sum(('x' || substr(h, 1, 15))::bit(60)::bigint::numeric), 0),
-       coalesce(sum(('x' || substr(h, 16, 15))::bit(60)::bigint::numeric), 0)
-FROM (SELECT md5(ROW({cols})::text) AS h FROM {table} t {where}) s
-"""
 
 
 def table_columns(conn: Any, qualified_table: str) -> list[str]:
@@ -263,45 +247,3 @@ def table_columns(conn: Any, qualified_table: str) -> list[str]:
     with conn.cursor() as cur:
         cur.execute(_COLUMNS_SQL, (regclass,))
         return [str(r[0]) for r in cur.fetchall()]
-
-
-def _checksum_one(conn: Any, table: str, columns: Sequence[str], exclude: tuple[str, Sequence[Any]] | None) -> dict[str, Any]:
-    cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns)
-    where = sql.SQL("")
-    args: list[Any] = []
-    if exclude:
-        where = sql.SQL("WHERE t.{} <> ALL(%s)").format(sql.Identifier(exclude[0]))
-        args.append(list(exclude[1]))
-    query = sql.SQL(_CHECKSUM_SQL).format(cols=cols, table=table_ident(table), where=where)
-    with conn.cursor() as cur:
-        cur.execute(query, args)
-        rows, part1, part2 = cur.fetchone()
-    digest = f"{int(part1):x}-{int(part2):x}"
-    return dict(rows=int(rows), checksum=digest, columns=list(columns))
-
-
-def table_checksums(
-    conn: Any,
-    tables: Iterable[str] = LEGACY_TABLES,
-    columns: Mapping[str, Sequence[str]] | None = None,
-    exclude: Mapping[str, tuple[str, Sequence[Any]]] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Content checksum per table: {table: {rows, checksum, columns}}; missing tables are skipped.
-
-    `columns` maps a table to the columns to hash (default: all its current columns). To prove a
-    table's legacy content unchanged after columns were added, hash the baseline's column list.
-    `exclude` maps a table to (column, values) whose rows are left out (e.g. the migration's own
-    feature flags; see LEGACY_CHECKSUM_EXCLUDE). Runs read-only in one transaction with pinned
-    text settings, so the result does not depend on the client's timezone or date style.
-    """
-    result: dict[str, dict[str, Any]] = {}
-    with conn.transaction():
-        with conn.cursor() as cur:
-            for name, value in _PINNED_SETTINGS:
-                cur.execute("SELECT set_config(%s, %s, true)", (name, value))
-        for table in tables:
-            wanted = list((columns or {}).get(table) or table_columns(conn, table))
-            if not wanted or not table_exists(conn, table):
-                continue
-            result[table] = _checksum_one(conn, table, wanted, (exclude or {}).get(table))
-    return result

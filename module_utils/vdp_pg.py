@@ -1,20 +1,23 @@
-# Shared PostgreSQL plumbing for the runbook's modules: one connection helper, the run's
-# session advisory lock, statement/lock timeouts, DDL retry and keyset batching.
-# Every module imports this; nothing here is specific to one module.
-"""Connection, advisory lock, timeouts and batching shared by the vdp_* modules."""
+# The connection helper every vdp_* module uses: one way to connect (community.postgresql's option
+# names, the libpq environment as fallback so AWX credentials can inject it), errors described in
+# the operator's words (the inventory key to fix, not the module option), session timeouts, and the
+# session advisory lock that keeps two writing modules from ever overlapping.
+"""Connection, timeouts and the migration's advisory lock, shared by the vdp_* modules."""
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from ansible.module_utils.vdp_errors import OperatorError, first_line, redact
+from ansible.module_utils.vdp_lockwait import LOCK_TIMEOUT
+from ansible.module_utils.vdp_names import APPLICATION_NAME_PREFIX
+
 try:
     import psycopg
-    from psycopg import sql
 
     HAS_PSYCOPG = True
     PSYCOPG_IMPORT_ERROR: str | None = None
@@ -22,17 +25,48 @@ except ImportError as exc:  # pragma: no cover - reported by the module through 
     HAS_PSYCOPG = False
     PSYCOPG_IMPORT_ERROR = str(exc)
 
-# One advisory lock key for the whole migration, whoever runs it: two runs of the runbook
-# against the same database can never overlap (the second fails fast and names the holder).
-# The key is a fixed 64-bit number derived from the text 'vdp-organizational-migration'.
-MIGRATION_LOCK_KEY = 0x56445020_4F524731  # "VDP ORG1"
+# One advisory lock key for the whole migration, whoever runs it: two writing modules against the
+# same database can never overlap (the second fails fast and names the holder). A fixed 64-bit
+# number spelling "VDP ORG1".
+MIGRATION_LOCK_KEY = 0x56445020_4F524731
 
-APPLICATION_NAME_PREFIX = "vdp-runbook"
+
+# The inventory's database dicts (vdp_production_db, vdp_staging_db): a role passes the whole dict as `db`
+# and the module maps it onto the login_* options here, once, instead of six lines in every task.
+DB_OPTIONS: dict[str, Any] = dict(
+    host=dict(type="str", required=True),
+    port=dict(type="int", default=5432),
+    dbname=dict(type="str", required=True),
+    user=dict(type="str"),
+    password=dict(type="str", no_log=True),
+    ssl_mode=dict(type="str", default="prefer", choices=["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]),
+    ca_cert=dict(type="path"),
+)
+_DB_TO_LOGIN = {
+    "host": "login_host",
+    "port": "login_port",
+    "dbname": "login_db",
+    "user": "login_user",
+    "password": "login_password",
+    "ssl_mode": "ssl_mode",
+    "ca_cert": "ca_cert",
+}
+
+
+def apply_db(params: dict[str, Any]) -> dict[str, Any]:
+    """params with the `db` dict (when given) spread onto the login_* options it names."""
+    db = params.get("db") or {}
+    merged = dict(params)
+    for key, option in _DB_TO_LOGIN.items():
+        if db.get(key) not in (None, ""):
+            merged[option] = db[key]
+    return merged
 
 
 def pg_connection_argument_spec() -> dict[str, Any]:
     """Connection options, named as community.postgresql names them, with libpq env fallback."""
     return dict(
+        db=dict(type="dict", options=DB_OPTIONS),
         login_host=dict(type="str", aliases=["host"], fallback=(_env, ["PGHOST"])),
         login_port=dict(type="int", aliases=["port"], fallback=(_env_int, ["PGPORT"])),
         login_user=dict(type="str", aliases=["user"], fallback=(_env, ["PGUSER"])),
@@ -46,8 +80,10 @@ def pg_connection_argument_spec() -> dict[str, Any]:
         ca_cert=dict(type="path", aliases=["ssl_rootcert"]),
         connect_timeout=dict(type="int", default=10),
         application_name=dict(type="str", default=APPLICATION_NAME_PREFIX),
-        lock_timeout=dict(type="str", default="5s"),
+        lock_timeout=dict(type="str", default=LOCK_TIMEOUT),
         statement_timeout=dict(type="str", default="0"),
+        inventory_key=dict(type="str", default="", no_log=False),
+        connection_hint=dict(type="str", default=""),
     )
 
 
@@ -72,6 +108,10 @@ class Target:
     def __str__(self) -> str:
         return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
 
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}/{self.dbname}"
+
 
 def target_from_params(params: dict[str, Any]) -> Target:
     return Target(
@@ -82,7 +122,7 @@ def target_from_params(params: dict[str, Any]) -> Target:
     )
 
 
-class ConnectionFailure(Exception):
+class ConnectionFailure(OperatorError):
     """A connection that could not be made, described in one line without any secret.
 
     `missing_database` tells a missing database (the server answered) from every other failure,
@@ -94,7 +134,7 @@ class ConnectionFailure(Exception):
         self.missing_database = missing_database
 
 
-def connect(params: dict[str, Any], autocommit: bool = False) -> psycopg.Connection[Any]:
+def connect(params: dict[str, Any], autocommit: bool = False) -> Any:
     """Open a psycopg connection from module params; errors become one secret-free line."""
     if not HAS_PSYCOPG:
         raise ConnectionFailure(f"the Python package psycopg (3.x) is required on the controller: {PSYCOPG_IMPORT_ERROR}")
@@ -118,42 +158,46 @@ def connect(params: dict[str, Any], autocommit: bool = False) -> psycopg.Connect
     except psycopg.OperationalError as exc:
         text = str(exc)
         missing = "does not exist" in text and f'database "{target.dbname}"' in text
-        raise ConnectionFailure(describe_connection_error(target, text, params.get("login_password")), missing) from None
+        raise ConnectionFailure(describe_connection_error(target, text, params), missing) from None
     _apply_timeouts(conn, params)
     return conn
 
 
-def describe_connection_error(target: Target, error: str, password: str | None = None) -> str:
-    """Turn libpq's error into one line that names the target and what to check."""
-    text = redact(error, password).strip().splitlines()[0] if error.strip() else "unknown error"
+def describe_connection_error(target: Target, error: str, params: dict[str, Any]) -> str:
+    """libpq's error in one line: where, why, and which setting to fix (named as the operator sets it)."""
+    text = redact(first_line(error) or "unknown error", params.get("login_password"))
+    key = params.get("inventory_key") or ""
+    where = lambda field, env: f"{key}.{field}" if key else env  # noqa: E731 - two words of wording
     low = error.lower()
     if "password authentication failed" in low or "no password supplied" in low:
-        hint = f"check the password for user '{target.user}' (login_password / PGPASSWORD / vault / AWX credential)"
+        hint = (
+            f"check the password of role '{target.user}' ({where('password', 'PGPASSWORD')} - from the vault file or the "
+            "AWX credential)"
+        )
     elif "does not exist" in low and "database" in low:
-        hint = f"database '{target.dbname}' does not exist on the server: check login_db / PGDATABASE"
+        hint = f"database '{target.dbname}' does not exist on that server: check {where('dbname', 'PGDATABASE')}"
     elif "role" in low and "does not exist" in low:
-        hint = f"role '{target.user}' does not exist: check login_user / PGUSER"
-    elif "connection refused" in low or "could not connect" in low or "no such file" in low:
-        hint = "is the server running and listening there? check login_host/login_port, firewalls and pg_hba.conf"
-    elif "timeout" in low or "timed out" in low:
-        hint = "the server did not answer in time: check the network path and connect_timeout"
+        hint = f"role '{target.user}' does not exist: check {where('user', 'PGUSER')}"
     elif "no pg_hba.conf entry" in low:
         hint = "the server's pg_hba.conf does not admit this client: ask the DBA to allow it"
+    elif "connection refused" in low or "could not connect" in low or "no such file" in low:
+        hint = (
+            f"is the server running and listening there? check {where('host', 'PGHOST')} and "
+            f"{where('port', 'PGPORT')}, firewalls and pg_hba.conf"
+        )
+    elif "timeout" in low or "timed out" in low:
+        hint = f"the server did not answer in time: check {where('host', 'PGHOST')} and the network path"
     else:
-        hint = "check the connection settings"
-    return f"cannot connect to PostgreSQL at {target.host}:{target.port}/{target.dbname} as {target.user}: {text} -- {hint}"
+        hint = f"check the connection settings ({key or 'PGHOST / PGPORT / PGUSER / PGDATABASE'})"
+    extra = params.get("connection_hint") or ""
+    return f"cannot connect to PostgreSQL at {target.address} as {target.user}: {text} -- {hint}" + (
+        f"; {extra}" if extra else ""
+    )
 
 
-def redact(text: str, *secrets: str | None) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "********")
-    return text
-
-
-def _apply_timeouts(conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
+def _apply_timeouts(conn: Any, params: dict[str, Any]) -> None:
     with conn.cursor() as cur:
-        cur.execute("SELECT set_config('lock_timeout', %s, false)", (params.get("lock_timeout") or "5s",))
+        cur.execute("SELECT set_config('lock_timeout', %s, false)", (params.get("lock_timeout") or LOCK_TIMEOUT,))
         cur.execute("SELECT set_config('statement_timeout', %s, false)", (params.get("statement_timeout") or "0",))
     if not conn.autocommit:
         conn.commit()
@@ -162,7 +206,7 @@ def _apply_timeouts(conn: psycopg.Connection[Any], params: dict[str, Any]) -> No
 # --------------------------------------------------------------------------- advisory lock
 
 
-class LockHeld(Exception):
+class LockHeld(OperatorError):
     """The migration lock is held by another session; the message names the holder."""
 
 
@@ -176,7 +220,7 @@ LIMIT 1
 """
 
 
-def lock_holder(conn: psycopg.Connection[Any], key: int = MIGRATION_LOCK_KEY) -> str | None:
+def lock_holder(conn: Any, key: int = MIGRATION_LOCK_KEY) -> str | None:
     """Describe who holds the migration lock, or None when nobody does."""
     classid, objid = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
     with conn.cursor() as cur:
@@ -190,8 +234,8 @@ def lock_holder(conn: psycopg.Connection[Any], key: int = MIGRATION_LOCK_KEY) ->
 
 
 @contextmanager
-def migration_lock(conn: psycopg.Connection[Any], key: int = MIGRATION_LOCK_KEY) -> Iterator[None]:
-    """Hold the run's session advisory lock for the block; fail fast naming the holder."""
+def migration_lock(conn: Any, key: int = MIGRATION_LOCK_KEY) -> Iterator[None]:
+    """Hold the migration's session advisory lock for the block; fail fast naming the holder."""
     with conn.cursor() as cur:
         cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
         row = cur.fetchone()
@@ -201,7 +245,7 @@ def migration_lock(conn: psycopg.Connection[Any], key: int = MIGRATION_LOCK_KEY)
         holder = lock_holder(conn, key) or "another session (it has just released it: retry)"
         raise LockHeld(
             f"another migration run holds the migration lock on this database: {holder}. "
-            "Wait for it to finish, or stop it (SELECT pg_terminate_backend(pid)) if it is stale."
+            "Wait for it to finish, or stop it (playbooks/stop.yml, or SELECT pg_terminate_backend(pid) if it is stale)."
         )
     try:
         yield
@@ -216,72 +260,3 @@ def migration_lock(conn: psycopg.Connection[Any], key: int = MIGRATION_LOCK_KEY)
                     conn.commit()
         except Exception:  # noqa: BLE001, S110 - the session end releases the lock anyway
             pass
-
-
-# --------------------------------------------------------------------------- DDL retry
-
-
-def is_lock_timeout(exc: BaseException) -> bool:
-    return bool(HAS_PSYCOPG and isinstance(exc, psycopg.errors.LockNotAvailable))
-
-
-def with_lock_retry(
-    work: Callable[[], Any],
-    on_retry: Callable[[], None],
-    retries: int = 5,
-    backoff_seconds: float = 1.0,
-) -> tuple[Any, int]:
-    """Run `work`; on lock_timeout call `on_retry` (rollback) and retry with backoff.
-
-    Returns (result, attempts). Re-raises the last lock timeout after `retries` retries, so the
-    caller can tell the operator which object stayed locked.
-    """
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return work(), attempt
-        except Exception as exc:
-            if not is_lock_timeout(exc) or attempt > retries:
-                raise
-            on_retry()
-            time.sleep(backoff_seconds * (2 ** (attempt - 1)))
-
-
-# --------------------------------------------------------------------------- batching
-
-
-def keyset_batches(
-    conn: psycopg.Connection[Any],
-    query: sql.Composable | str,
-    batch_size: int,
-    start_after: Any = None,
-    params: dict[str, Any] | None = None,
-) -> Iterator[list[Any]]:
-    """Yield lists of keys in ascending order, `batch_size` at a time, never all at once.
-
-    `query` must select one key column, take %(after)s (NULL for the first batch) and
-    %(limit)s, and order by the key, e.g.
-    ``SELECT id FROM profiles WHERE (%(after)s::uuid IS NULL OR id > %(after)s) ORDER BY id LIMIT %(limit)s``.
-    """
-    after = start_after
-    while True:
-        args = dict(params or {}, after=after, limit=batch_size)
-        with conn.cursor() as cur:
-            cur.execute(query, args)
-            keys = [r[0] for r in cur.fetchall()]
-        if not keys:
-            return
-        yield keys
-        after = keys[-1]
-        if len(keys) < batch_size:
-            return
-
-
-def qualified(schema: str, name: str) -> sql.Composed:
-    """A schema-qualified identifier, quoted safely."""
-    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
-
-
-def server_version_num(conn: psycopg.Connection[Any]) -> int:
-    return int(conn.info.server_version)

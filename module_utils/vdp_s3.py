@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ansible.module_utils.vdp_errors import OperatorError, redact
+
 try:
     import boto3
     import botocore
@@ -65,6 +67,32 @@ def s3_argument_spec() -> dict[str, Any]:
     )
 
 
+# The inventory's vdp_s3 dict: a role passes it whole as `s3` and the module spreads it onto its flat
+# options here, once (the keys are the flat options' names).
+S3_DICT_OPTIONS: dict[str, Any] = dict(
+    bucket=dict(type="str", required=True),
+    endpoint_url=dict(type="str"),
+    region=dict(type="str"),
+    prefix=dict(type="str", default=""),
+    access_key=dict(type="str", no_log=True),
+    secret_key=dict(type="str", no_log=True),
+    session_token=dict(type="str", no_log=True),
+    sse=dict(type="str", default="AES256", choices=["AES256", "aws:kms", "none"]),
+    kms_key_id=dict(type="str", no_log=False),
+    create_bucket=dict(type="bool", default=False),
+)
+
+
+def apply_s3(params: dict[str, Any]) -> dict[str, Any]:
+    """params with the `s3` dict (when given) spread onto the flat options of the same names that the module has."""
+    given = params.get("s3") or {}
+    merged = dict(params)
+    for key, value in given.items():
+        if key in params and value not in (None, ""):
+            merged[key] = value
+    return merged
+
+
 def _env(*names: str) -> str | None:
     for name in names:
         value = os.environ.get(name)
@@ -73,20 +101,13 @@ def _env(*names: str) -> str | None:
     return None
 
 
-class S3Failure(Exception):
+class S3Failure(OperatorError):
     """An S3 operation that failed, described in one line without any secret."""
 
 
 def s3_secrets(params: dict[str, Any]) -> list[str]:
     """The values that must never appear in any output."""
     return [v for v in (params.get("access_key"), params.get("secret_key"), params.get("session_token")) if v]
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "********")
-    return text
 
 
 def s3_client(params: dict[str, Any]) -> Any:
@@ -111,7 +132,9 @@ def s3_client(params: dict[str, Any]) -> Any:
         )
         return session.client("s3", endpoint_url=endpoint, config=config, verify=verify)
     except (BotoCoreError, ValueError) as exc:
-        raise S3Failure(f"cannot build an S3 client for {endpoint or 'AWS S3'}: {redact(str(exc), s3_secrets(params))}") from None
+        raise S3Failure(
+            f"cannot build an S3 client for {endpoint or 'AWS S3'}: {redact(str(exc), *s3_secrets(params))}"
+        ) from None
 
 
 def error_code(exc: BaseException) -> str:
@@ -148,7 +171,7 @@ def describe_s3_error(exc: BaseException, action: str, params: dict[str, Any], b
         hint = "TLS to the S3 endpoint failed: check ca_bundle / validate_certs"
     else:
         hint = "check the S3 endpoint, bucket and permissions"
-    detail = redact(str(exc), s3_secrets(params)).strip().splitlines()
+    detail = redact(str(exc), *s3_secrets(params)).strip().splitlines()
     text = detail[0] if detail else type(exc).__name__
     return f"cannot {action} on {target} ({where}): {text} -- {hint}"
 

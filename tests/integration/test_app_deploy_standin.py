@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.test_engine_support import full_migration
+from tests.support.engine import full_migration
 from tests.support.sandbox import Sandbox
 from tests.support.world import play, recap
 

@@ -370,14 +370,9 @@ def test_credentials_from_the_libpq_and_aws_environment(
 
 def test_multipart_writer_and_multipart_publish_copy_on_real_s3(sandbox: Sandbox, prefix: str) -> None:
     """The >5 GiB paths, scaled down: several parts uploaded in parallel, then a multipart (UploadPartCopy) publish."""
-    import importlib
+    from tests.support.code import module_utils
 
-    import ansible.module_utils as mu
-
-    root = Path(__file__).resolve().parents[2]
-    if str(root / "module_utils") not in list(mu.__path__):
-        mu.__path__.append(str(root / "module_utils"))
-    vb: Any = importlib.import_module("ansible.module_utils.vdp_backup")
+    vb: Any = module_utils("vdp_dump")
     client, bucket = s3_of(sandbox), sandbox.bucket
     data = os.urandom(13 * 1024 * 1024 + 123)
     writer = vb.HashingMultipartWriter(

@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from tests.integration.test_engine_support import fingerprint
+from tests.support.engine import fingerprint
 from tests.support.sandbox import Sandbox
 from tests.support.world import play, recap, record
 

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.test_engine_support import (
+from tests.support.engine import (
     DATA_V,
     INDEXES_V,
     MIGRATIONS,
@@ -94,8 +94,8 @@ def test_check_mode_reports_counts_and_writes_nothing(sandbox: Any, db: Any, tmp
     assert fingerprint(info) == before
     assert fingerprint(info, physical=True) == before_physical
     data_out = procs[1].stdout
-    assert f"migrated: {USERS}" in data_out  # the membership count it would change
-    assert "inserted: " in data_out and "inserted: 0" not in data_out
+    assert f"Would migrate {USERS} profiles" in data_out  # the membership count it would change
+    assert "Would insert " in data_out and "Would insert 0 " not in data_out
     assert recap(procs[0])["changed"] >= 1 and recap(procs[1])["changed"] >= 4
     # The run record is a log, written in --check too (what the dry run found), the databases untouched.
     record = json.loads((tmp_path / "run" / "data.json").read_text())
@@ -164,7 +164,7 @@ def test_sigkill_during_membership_batches_then_resume_equals_uninterrupted(
     full_migration(run_module, reference, batch_size=100)
     victim = db()
     assert not apply_schema(run_module, victim).failed
-    ev = extra_vars(tmp_path, victim, org_data_migration_batch_size=100, org_data_migration_pause_between_batches=0.15)
+    ev = extra_vars(tmp_path, victim, vdp_batch_size=100, org_data_migration_pause_between_batches=0.15)
     env = dict(sandbox.env)
     proc = subprocess.Popen(
         [str(ROOT / ".venv/bin/ansible-playbook"), "playbooks/data.yml", "-e", ev],
@@ -196,9 +196,9 @@ def test_sigkill_during_membership_batches_then_resume_equals_uninterrupted(
     assert 0 < migrated_at_kill < USERS
     assert migrated_at_kill % 100 == 0  # only whole batches were committed
     assert scalar(victim, "SELECT tgenabled FROM pg_trigger WHERE tgname = 'profiles_set_updated_at'") == "O"
-    resumed = playbook(sandbox, "data", extra_vars(tmp_path, victim, org_data_migration_batch_size=100))
+    resumed = playbook(sandbox, "data", extra_vars(tmp_path, victim, vdp_batch_size=100))
     assert resumed.returncode == 0, resumed.stdout[-3000:]
-    assert f"already_migrated: {migrated_at_kill}" in resumed.stdout
+    assert f"({migrated_at_kill} already done" in resumed.stdout
     assert migrated_state(victim) == migrated_state(reference)
     assert playbook(sandbox, "validate", extra_vars(tmp_path, victim)).returncode == 0
 
@@ -305,13 +305,12 @@ def test_trigger_suppression_falls_back_where_replica_mode_would_differ(db: Any,
 
 
 def test_replica_mode_only_for_a_role_allowed_to_set_it(db: Any) -> None:
-    import importlib
+    from types import SimpleNamespace
 
-    import ansible.module_utils as mu
+    from tests.support.code import module_utils
 
-    if str(ROOT / "module_utils") not in list(mu.__path__):
-        mu.__path__.append(str(ROOT / "module_utils"))
-    engine: Any = importlib.import_module("ansible.module_utils.vdp_migration")
+    engine: Any = SimpleNamespace(choose_trigger_suppression=module_utils("vdp_membership").choose_trigger_suppression,
+                                  EngineError=module_utils("vdp_errors").EngineError)  # fmt: skip
     info = db()
     role = f"vdp_plain_{os.getpid()}"
     triggers = [("profiles_set_updated_at", "O")]

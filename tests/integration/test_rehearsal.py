@@ -76,7 +76,7 @@ def test_backup_restore_rehearse_go(sandbox: Sandbox, world: dict[str, Any]) -> 
 def test_migration_failing_on_staging_is_no_go(sandbox: Sandbox, world: dict[str, Any]) -> None:
     assert play(sandbox, world, "backup.yml", "-e", "backup_prune=false").returncode == 0
     # A data step that cannot run (its argument spec refuses batch size 0) fails inside the rehearsal.
-    failing = play(sandbox, world, "rehearse.yml", "-e", "org_data_migration_batch_size=0")
+    failing = play(sandbox, world, "rehearse.yml", "-e", "vdp_batch_size=0")
     assert failing.returncode != 0 and "Rehearsal NO-GO, production is untouched" in failing.stdout
     decision = record(world, "rehearsal")
     assert decision["decision"] == "no-go" and not decision["go"]
@@ -102,7 +102,7 @@ def test_staging_equal_to_production_is_refused(sandbox: Sandbox, world: dict[st
     with psycopg.connect(**world["vdp_production_db"]) as c:  # production untouched
         assert c.execute("SELECT count(*) FROM public.profiles").fetchone()[0] == 2000
     sloppy = play(sandbox, world, "restore_staging.yml", "-e", "staging_restore_allow_production=yes")
-    assert sloppy.returncode != 0 and "not the exact phrase" in sloppy.stdout
+    assert sloppy.returncode != 0 and "never restores production, whatever is passed" in sloppy.stdout
 
 
 def test_wrong_s3_keys_fail_the_backup_clearly(sandbox: Sandbox, world: dict[str, Any]) -> None:

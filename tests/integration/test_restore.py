@@ -59,11 +59,11 @@ def restore(run_module: Any, box: Sandbox, target: dict[str, Any], prefix: str, 
     args = dict(
         login(target),
         **s3_args(box, prefix),
-        production_host=prod["host"],
-        production_port=prod["port"],
-        production_db=prod["dbname"],
+        production={k: prod[k] for k in ("host", "port", "dbname", "user", "password")},
         pg_bindir="/usr/lib/postgresql/15/bin",
     )
+    if "allow_production" in extra:
+        extra["production_confirmation"] = extra.pop("allow_production")
     args.update(extra)
     return run_module("vdp_restore", args, check=check, diff=True)
 
@@ -154,7 +154,8 @@ def test_rollback_path_may_restore_production_with_the_exact_phrase(
 ) -> None:
     """The guarded path, on a scratch database that plays 'production' (the real sandbox production is never touched)."""
     scratch = empty_db("production")
-    common = dict(run_id="rs-1", production_host="localhost", production_port=scratch["port"], production_db=scratch["dbname"])
+    production = dict({k: scratch[k] for k in ("port", "dbname", "user", "password")}, host="localhost")
+    common = dict(run_id="rs-1", production=production)
     refused = restore(run_module, sandbox, scratch, backed_up["prefix"], **common)
     assert refused.failed and "PRODUCTION" in refused["msg"]
     allowed = restore(run_module, sandbox, scratch, backed_up["prefix"], allow_production=PHRASE, **common)

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.test_engine_support import (
+from tests.support.engine import (
     DATA_V,
     INDEXES_V,
     SCHEMA_V,

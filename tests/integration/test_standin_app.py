@@ -25,8 +25,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.integration.test_engine_support import full_migration
 from tests.support import sandbox as sb
+from tests.support.engine import full_migration
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "roles" / "sandbox" / "files" / "virtue_app.py"

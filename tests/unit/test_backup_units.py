@@ -1,20 +1,27 @@
-"""Pure functions of the backup/restore code: TOC parsing, the production guard, key layout, tags, errors."""
+"""Pure functions of the backup/restore code: TOC parsing, key layout, tags, errors, child processes.
+
+(The production guard, which decides by server identity, is tested in tests/unit/test_guard_units.py and,
+against real servers, in tests/integration/test_production_guard.py.)
+"""
 
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-import ansible.module_utils as mu
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT / "module_utils") not in list(mu.__path__):
-    mu.__path__.append(str(ROOT / "module_utils"))
+from tests.support.code import module_utils
 
-vb: Any = importlib.import_module("ansible.module_utils.vdp_backup")
-vs: Any = importlib.import_module("ansible.module_utils.vdp_s3")
+vb: Any = SimpleNamespace(
+    **{
+        n: getattr(module_utils("vdp_archive"), n)
+        for n in ("parse_toc", "ReadBack", "Verdict", "judge", "recorded_hashes", "_outcome")
+    },
+    **{n: getattr(module_utils("vdp_dump"), n) for n in ("Layout", "check_run_id")},
+    **{n: getattr(module_utils("vdp_pgtools"), n) for n in ("conninfo", "child_env")},
+)
+vs: Any = module_utils("vdp_s3")
 
 TOC = """;
 ; Archive created at 2026-11-25 09:21:01 UTC
@@ -47,32 +54,6 @@ def test_parse_toc_finds_tables_data_owners_and_header() -> None:
 def test_parse_toc_table_without_data_is_missing() -> None:
     toc = vb.parse_toc("214; 1259 16389 TABLE public virtues postgres\n")
     assert toc.missing(["public.virtues"]) == ["public.virtues"]
-
-
-@pytest.mark.parametrize(
-    ("target", "production", "same"),
-    [
-        (("localhost", 5432, "virtue"), ("127.0.0.1", 5432, "virtue"), True),
-        (("127.0.0.1", 5432, "virtue"), ("LOCALHOST", 5432, "virtue"), True),
-        (("::1", 5432, "virtue"), ("127.0.0.1", 5432, "virtue"), True),
-        (("127.0.0.1", 5433, "virtue"), ("127.0.0.1", 5432, "virtue"), False),
-        (("127.0.0.1", 5432, "staging"), ("127.0.0.1", 5432, "virtue"), False),
-        (("db.example.invalid", 5432, "virtue"), ("db.example.invalid", 5432, "virtue"), True),
-        (("/var/run/postgresql", 5432, "virtue"), ("/var/run/postgresql/", 5432, "virtue"), True),
-        (("10.0.0.1", 5432, "virtue"), ("10.0.0.2", 5432, "virtue"), False),
-    ],
-)
-def test_same_database_resolves_hosts(target: tuple[str, int, str], production: tuple[str, int, str], same: bool) -> None:
-    assert vb.same_database(target, production) is same
-
-
-def test_production_guard_needs_the_exact_phrase() -> None:
-    prod = ("127.0.0.1", 5432, "virtue")
-    assert "PRODUCTION" in vb.production_guard(("localhost", 5432, "virtue"), prod, "")
-    assert "PRODUCTION" in vb.production_guard(("localhost", 5432, "virtue"), prod, "i understand this overwrites production")
-    assert vb.production_guard(("localhost", 5432, "virtue"), prod, vb.PRODUCTION_CONFIRMATION) is None
-    assert vb.production_guard(("localhost", 5433, "virtue"), prod, "") is None
-    assert "production" in vb.production_guard(("localhost", 5433, "virtue"), None, "")
 
 
 def test_layout_keys_carry_prefix_run_id_and_timestamp() -> None:
@@ -126,14 +107,29 @@ def test_conninfo_never_holds_the_password_and_quotes_values() -> None:
 
 def test_judge_lists_every_problem() -> None:
     back = vb.ReadBack(10, "aa", vb.parse_toc("214; 1259 1 TABLE public t postgres\n"), None)
-    verdict = vb.judge(
-        vb.Verdict(manifest_key="m", key="k"),
-        {"Metadata": {"sha256": "bb"}},
-        {"sha256": "cc", "size": 11, "tables": {"public.t": 1}},
-        back,
-        ["public.t"],
-    )
+    manifest = {"sha256": "cc", "size": 11, "tables": {"public.t": 1}}
+    verdict = vb.Verdict(manifest_key="m", key="k")
+    vb.recorded_hashes(verdict, {"Metadata": {"sha256": "bb"}}, {"vdp:sha256": "dd"}, manifest)
+    verdict = vb.judge(verdict, manifest, back, ["public.t"])
     assert not verdict.ok
     text = " | ".join(verdict.problems)
-    assert "differs from its metadata" in text and "differs from the manifest" in text and "size read back" in text
+    assert "differs from the object metadata" in text and "differs from the manifest" in text and "size read back" in text
+    assert "differs from the object tag" in text
     assert verdict.missing_tables == ["public.t"]  # TABLE without TABLE DATA
+
+
+def test_one_rewritten_hash_is_enough_to_refuse() -> None:
+    """The attack: the SHA-256 rewritten in the metadata AND the manifest; the tag still tells the truth."""
+    toc = vb.parse_toc("214; 1259 1 TABLE public t postgres\n3344; 0 1 TABLE DATA public t postgres\n")
+    back = vb.ReadBack(10, "forged", toc, None, decoded=True)
+    manifest = {"sha256": "forged", "size": 10, "tables": {"public.t": 1}}
+    verdict = vb.Verdict(manifest_key="m", key="k")
+    vb.recorded_hashes(verdict, {"Metadata": {"sha256": "forged"}}, {"vdp:sha256": "original"}, manifest)
+    assert [p for p in vb.judge(verdict, manifest, back, ["public.t"]).problems if "object tag" in p]
+
+
+def test_an_archive_that_does_not_decode_is_refused() -> None:
+    listed = (0, "214; 1259 1 TABLE public t postgres\n3344; 0 1 TABLE DATA public t postgres\n", "")
+    back = vb._outcome(10, "aa", listed, (1, "", "pg_restore: error: could not read input file: end of file"))
+    assert back.problem and "does not decode to the end" in back.problem and not back.decoded
+    assert vb._outcome(10, "aa", listed, (0, "", "")).decoded

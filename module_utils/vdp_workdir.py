@@ -1,0 +1,71 @@
+# Local work folders of the backup, verification and restore: they can hold a plaintext copy of
+# production's data, so each is private (mode 0700), named after the process that owns it, removed on
+# every exit path (including SIGTERM / SIGINT / SIGHUP, which AWX and operators send), and a folder
+# left by a process that was killed outright (SIGKILL) is removed by the next run.
+"""Private, self-cleaning work folders for dumps, and the cleanup of a killed run's leftovers."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+PREFIXES = ("vdp-restore-", "vdp-verify-", "vdp-backup-")
+_OWNED = re.compile(r"^(?P<prefix>vdp-(?:restore|verify|backup)-)(?P<pid>\d+)-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(parent: str | None = None) -> list[str]:
+    """Remove work folders whose owning process is gone (a killed run's dumps). Returns the paths removed."""
+    base = parent or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return removed
+    for name in names:
+        match = _OWNED.match(name)
+        path = os.path.join(base, name)
+        if match and os.path.isdir(path) and not _alive(int(match.group("pid"))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+class _Terminated(SystemExit):
+    """Raised in place of a terminating signal so that `finally` blocks (cleanup) run."""
+
+
+def _raise_on_signal(signum: int, _frame: Any) -> None:
+    raise _Terminated(128 + signum)
+
+
+@contextmanager
+def private_workdir(prefix: str, parent: str | None = None) -> Iterator[str]:
+    """A mode-0700 folder named <prefix><pid>-..., removed when the block ends, however it ends (but SIGKILL:
+    then remove_stale() of the next run removes it)."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, _raise_on_signal)
+    path = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
+    os.chmod(path, 0o700)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
