@@ -57,7 +57,8 @@ def _raise_on_signal(signum: int, _frame: Any) -> None:
 @contextmanager
 def private_workdir(prefix: str, parent: str | None = None) -> Iterator[str]:
     """A mode-0700 folder named <prefix><pid>-..., removed when the block ends, however it ends (but SIGKILL:
-    then remove_stale() of the next run removes it)."""
+    then the next work folder made in the same parent - by a backup, a verification or a restore - removes it)."""
+    remove_stale(parent)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     for sig in previous:
         signal.signal(sig, _raise_on_signal)
