@@ -2,6 +2,8 @@
 #   make demo   - set up everything, start the local sandbox, load the legacy platform, run migrate.yml
 #   make test   - set up everything, run linters, pytest (real PostgreSQL + S3) and Molecule
 # Every target installs what it needs first (scripts/bootstrap.sh is idempotent and quick when done).
+# Targets that run a playbook take INVENTORY (default: the embedded sandbox) and ARGS (extra ansible-playbook
+# arguments), e.g.  make preflight INVENTORY=inventories/prod ARGS="--ask-vault-pass"
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -11,56 +13,72 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 USERS ?= 10000
 SHAPE ?= supabase
+INVENTORY ?= inventories/local/hosts.yml
+ARGS ?=
+PLAY := $(BIN)/ansible-playbook -i $(INVENTORY) $(ARGS)
 
 .PHONY: help bootstrap demo test lint pytest molecule sandbox-up sandbox-down sandbox-status sandbox-reset \
-        fixture migrate bench clean
+        fixture preflight migrate dry-run status stop report bench clean
 
-help:
-	@echo "make demo      - sandbox up, load $(USERS) legacy users ($(SHAPE) shape), run migrate.yml end to end"
-	@echo "make test      - linters + pytest (real PostgreSQL and S3) + Molecule; non-zero on any failure"
-	@echo "make sandbox-up | sandbox-down | sandbox-status | sandbox-reset"
-	@echo "make bench     - benchmarks against raw psql / pg_dump in the same run (USERS=1000000 for the full size)"
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+	@echo "  (USERS=$(USERS) SHAPE=$(SHAPE) for demo/fixture/bench; INVENTORY=$(INVENTORY) ARGS='...' for playbooks)"
 
-bootstrap:
+bootstrap: ## Install what the demo and the tests need (idempotent)
 	@bash scripts/bootstrap.sh
 
-sandbox-up: bootstrap
+sandbox-up: bootstrap ## Start the embedded sandbox (PostgreSQL x2, S3, the stand-in app, Prometheus, mail sink)
 	$(BIN)/ansible-playbook playbooks/sandbox.yml -e sandbox_action=up
 
-sandbox-down: bootstrap
+sandbox-down: bootstrap ## Stop exactly the sandbox's processes
 	$(BIN)/ansible-playbook playbooks/sandbox.yml -e sandbox_action=down
 
-sandbox-status: bootstrap
+sandbox-status: bootstrap ## Say what of the sandbox runs
 	$(BIN)/ansible-playbook playbooks/sandbox.yml -e sandbox_action=status
 
-sandbox-reset: bootstrap
+sandbox-reset: bootstrap ## Stop the sandbox, wipe its data (keeps its secrets), start it again
 	$(BIN)/ansible-playbook playbooks/sandbox.yml -e sandbox_action=reset
 
-fixture: sandbox-up
-	$(BIN)/ansible-playbook playbooks/fixture.yml -e legacy_fixture_users=$(USERS) -e legacy_fixture_shape=$(SHAPE)
+fixture: sandbox-up ## Load the legacy platform (USERS, SHAPE) into the sandbox; reloads it when they differ
+	$(BIN)/ansible-playbook playbooks/fixture.yml -e legacy_fixture_users=$(USERS) -e legacy_fixture_shape=$(SHAPE) \
+	  -e legacy_fixture_reload_when_different=true
 
-migrate: bootstrap
-	$(BIN)/ansible-playbook migrate.yml
+preflight: bootstrap ## Read-only checks and go/no-go against INVENTORY (changes nothing)
+	$(PLAY) playbooks/preflight.yml
 
-demo: fixture
+dry-run: bootstrap ## migrate.yml --check against INVENTORY: what would happen (writes nothing)
+	$(PLAY) migrate.yml --check
+
+migrate: bootstrap ## The whole migration against INVENTORY
+	$(PLAY) migrate.yml
+
+status: bootstrap ## Where a running or interrupted migration stands (INVENTORY)
+	$(PLAY) playbooks/status.yml
+
+stop: bootstrap ## Ask the running migration to stop cleanly between batches (INVENTORY)
+	$(PLAY) playbooks/stop.yml
+
+demo: fixture ## Sandbox + legacy platform + migrate.yml end to end, then the run record's path
 	@start=$$(date +%s); \
 	$(BIN)/ansible-playbook migrate.yml; \
-	echo; echo "demo finished in $$(( $$(date +%s) - start ))s; run record: $$(ls -td artifacts/runs/*/ | head -1)run.md"
+	record=$$(ls -td artifacts/runs/*/ | head -1); \
+	echo; echo "migrate.yml took $$(( $$(date +%s) - start )) s (the sandbox and fixture steps before it are not counted)"; \
+	echo "run record: $${record}run.md"
 
-lint: bootstrap
+lint: bootstrap ## ruff, yamllint, ansible-lint (production), ansible-doc, squawk
 	bash scripts/lint.sh
 
-pytest: bootstrap
+pytest: bootstrap ## The pytest suite alone (real PostgreSQL, S3, Prometheus, SMTP)
 	$(BIN)/pytest
 
-molecule: bootstrap
+molecule: bootstrap ## The Molecule scenario alone (converge + idempotence)
 	$(BIN)/molecule test --all
 
-test: bootstrap
+test: bootstrap ## Everything CI runs: lint + pytest + Molecule; non-zero on any failure
 	bash scripts/test.sh
 
-bench: sandbox-up
+bench: sandbox-up ## Benchmarks against raw psql / pg_dump (USERS=1000000 for the full size; not part of make test)
 	bash scripts/bench.sh $(USERS)
 
-clean: sandbox-down
+clean: sandbox-down ## Stop the sandbox and delete it and the run records
 	rm -rf .sandbox artifacts

@@ -393,6 +393,7 @@ def already_restored(p: dict[str, Any], manifest: dict[str, Any], expected: list
 def work(module: AnsibleModule, _conn: Any, result: dict[str, Any]) -> None:
     p = module.params
     started = time.monotonic()
+    result["target"] = str(target_from_params(p))  # the db dict is spread by now
     result["removed_leftovers"] = remove_stale(p["workdir"])
     outcome = guard(p)  # before anything else: never onto production unless the rollback confirmed it
     result["guard"] = outcome.as_dict()
@@ -546,19 +547,21 @@ def finish(
         raise RestoreFailure(f"row counts after the restore differ from the manifest: {detail}")
 
 
-def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    target = target_from_params(module.params)
-    result: dict[str, Any] = dict(
-        changed=False, restored=False, target=str(target), roles_created=[], guard={}, removed_leftovers=[], seconds={}
-    )
-    problem = input_problem(module.params)
-    if not problem and module.params["production_confirmation"] not in ("", PRODUCTION_CONFIRMATION):
-        problem = (
+def problem_of(p: dict[str, Any]) -> str | None:
+    if p["production_confirmation"] not in ("", PRODUCTION_CONFIRMATION):
+        return (
             f"refusing: production_confirmation is set but is not the exact phrase {PRODUCTION_CONFIRMATION!r}; leave it "
             "empty for a staging restore (only the rollback path may restore PRODUCTION)"
         )
-    run_module(module, result, work, component="restore", database=False, problem=problem)
+    return input_problem(p)
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    result: dict[str, Any] = dict(
+        changed=False, restored=False, target="", roles_created=[], guard={}, removed_leftovers=[], seconds={}
+    )
+    run_module(module, result, work, component="restore", database=False, problem=problem_of)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from ansible.module_utils.vdp_legacy import (
     seed_pre_migration_counts,
     table_exists,
 )
-from ansible.module_utils.vdp_names import ADDED_PROFILE_COLUMNS, DATA_VERSION, RUNBOOK_SCHEMA
+from ansible.module_utils.vdp_names import ADDED_PROFILE_COLUMNS, DATA_VERSION, MIGRATION_NAME, RUNBOOK_SCHEMA
 from ansible.module_utils.vdp_pg import ConnectionFailure, connect, lock_holder, target_from_params
 from ansible.module_utils.vdp_pgtools import ToolNotFound, pg_tool_path, pg_tool_version, skew_problem
 from ansible.module_utils.vdp_s3 import S3Failure, bucket_exists, describe_s3_error, s3_client
@@ -343,7 +343,9 @@ def check_migration_state(report: Report, conn: Any, params: dict[str, Any]) -> 
     if params.get("migrations_dir"):
         try:
             # The data step has no file: the modules record it in the same ledger when it completes.
-            versions = [mf.version for mf in discover(params["migrations_dir"])] + [DATA_VERSION]
+            # Only the organizational migration's own versions (other files, e.g. monitoring, are not its state).
+            files = [mf.version for mf in discover(params["migrations_dir"]) if mf.version.startswith(MIGRATION_NAME)]
+            versions = files + [DATA_VERSION]
         except OperatorError as exc:
             report.add("migration state", BLOCKING, str(exc), started)
             return
@@ -425,7 +427,11 @@ def check_staging(report: Report, params: dict[str, Any], prod: dict[str, Any]) 
     if facts.get("database_missing"):
         check_can_create_database(report, conn, sp["login_db"])
     conn.close()
-    if not problem:
+    if problem:
+        pass
+    elif not prod.get("server_version"):
+        report.add("staging is not production", "skipped", "not compared: production is unreachable (see above)")
+    else:
         check_not_production(report, sp, params)
     if prod.get("server_major") and facts["server_major"] < prod["server_major"]:
         report.add(

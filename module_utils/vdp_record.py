@@ -76,6 +76,8 @@ def open_run(p: dict[str, Any]) -> dict[str, Any]:
     path = os.path.join(p["run_dir"], RUN_JSON)
     run = read_json(path)
     resumed = bool(run)
+    if run.get("check_mode") and not p.get("check_mode_run"):
+        run["phases"] = {}  # a real run after a dry run with the same id: what the dry run planned is not history
     run.setdefault("run_id", p["run_id"])
     run.setdefault("started_at", now())
     run.setdefault("phases", {})

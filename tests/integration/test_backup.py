@@ -284,7 +284,7 @@ def test_corrupted_object_fails_verification(
     _flip_byte(s3_of(sandbox), sandbox.bucket, result["key"], truncate)
     bad = verify(run_module, sandbox, prefix, run_id="c-1")
     assert bad.failed and not bad["verified"] and "FAILED verification" in bad["msg"]
-    assert any("differs from its metadata" in p for p in bad["problems"])
+    assert any("differs from the object metadata" in p for p in bad["problems"])
     assert any("differs from the manifest" in p for p in bad["problems"])
     if truncate:
         assert any("size read back" in p for p in bad["problems"])

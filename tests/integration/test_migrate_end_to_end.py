@@ -29,8 +29,9 @@ def test_check_mode_then_real_run_then_no_op(sandbox: Sandbox, world: dict[str, 
     assert first.returncode == 0, first.stdout[-4000:]
     run = record(world, "run")
     assert all(phase in run["phases"] for phase in PHASES), sorted(run["phases"])
-    assert run["phases"]["rehearsal"]["go"] is True
-    assert run["phases"]["validate"]["valid"] is True and run["phases"]["validate"]["failed_checks"] == []
+    assert run["phases"]["rehearsal"]["status"] == "go" and record(world, "rehearsal")["go"] is True
+    validate = record(world, "validate")
+    assert run["phases"]["validate"]["status"] == "passed" and validate["valid"] is True and validate["failed_checks"] == []
     assert (world["run_dir"] / "run.md").read_text().count("| validate | passed |") == 1
     assert "validate           passed" in first.stdout  # the summary the operator reads
     with psycopg.connect(**prod) as c:

@@ -96,7 +96,8 @@ def test_shape_counts_and_anomalies_match_sql(
         "max_users": 1000,
         "max_users_source": "max_users setting; the default organization does not exist yet",
         "over_by": 1000,
-        "policy": "report",
+        "policy": "raise",  # the data step's policy (vdp_capacity_policy), whose default raises with 10 % headroom
+        "max_users_after": 2200,
     }
     names = " ".join(result["warning_messages"])
     for word in ("self_relationships", "orphan_relationships", "duplicate_active_pairs", "over_capacity"):
