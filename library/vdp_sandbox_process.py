@@ -204,17 +204,21 @@ def stop(module: AnsibleModule) -> dict[str, Any]:
     return dict(changed=True, pid=pid, running=False)
 
 
+def argument_spec() -> dict[str, Any]:
+    return dict(
+        state=dict(type="str", choices=["started", "stopped", "status"], default="started"),
+        argv=dict(type="list", elements="str"),
+        pidfile=dict(type="path", required=True),
+        logfile=dict(type="path"),
+        chdir=dict(type="path"),
+        wait_port=dict(type="int"),
+        timeout=dict(type="int", default=30),
+    )
+
+
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(
-            state=dict(type="str", choices=["started", "stopped", "status"], default="started"),
-            argv=dict(type="list", elements="str"),
-            pidfile=dict(type="path", required=True),
-            logfile=dict(type="path"),
-            chdir=dict(type="path"),
-            wait_port=dict(type="int"),
-            timeout=dict(type="int", default=30),
-        ),
+        argument_spec=argument_spec(),
         supports_check_mode=True,
     )
     state = module.params["state"]

@@ -43,10 +43,13 @@ CREATE TABLE IF NOT EXISTS public.practitioner_assignments (
   CONSTRAINT practitioner_assignments_unique UNIQUE (practitioner_id, supervisor_id, supervisor_role, organization_id)
 );
 
--- Lookups by supervisor and by organization. The table is new and empty: a plain CREATE INDEX
--- here costs nothing and needs no CONCURRENTLY.
+-- One index per foreign key, on exactly its column (what ON DELETE CASCADE from profiles needs, and
+-- what Supabase's advisor checks), for lookups by practitioner, supervisor and organization. The
+-- table is new and empty: a plain CREATE INDEX here costs nothing and needs no CONCURRENTLY.
+CREATE INDEX IF NOT EXISTS practitioner_assignments_practitioner_id_idx
+ON public.practitioner_assignments (practitioner_id);
 CREATE INDEX IF NOT EXISTS practitioner_assignments_supervisor_id_idx
-ON public.practitioner_assignments (supervisor_id) WHERE active;
+ON public.practitioner_assignments (supervisor_id);
 CREATE INDEX IF NOT EXISTS practitioner_assignments_organization_id_idx
 ON public.practitioner_assignments (organization_id);
 
@@ -103,17 +106,18 @@ ALTER TABLE public.organizations ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.practitioner_assignments ENABLE ROW LEVEL SECURITY;
 
 -- Read policies for signed-in users (Supabase's auth.uid()): members see their organization,
--- people see the assignments they are part of. Created only where auth.uid() exists (plain
--- PostgreSQL has no auth schema); without a policy RLS denies everything, which is safe.
+-- people see the assignments they are part of. auth.uid() is wrapped in a sub-select so PostgreSQL
+-- evaluates it once per query, not once per row (Supabase's advisor flags the bare call). Created only
+-- where auth.uid() exists (plain PostgreSQL has no auth schema); without a policy RLS denies everything.
 DO $policies$
 BEGIN
   IF to_regprocedure('auth.uid()') IS NOT NULL AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
     DROP POLICY IF EXISTS organizations_member_read ON public.organizations;
     CREATE POLICY organizations_member_read ON public.organizations FOR SELECT TO authenticated
-      USING (id IN (SELECT p.organization_id FROM public.profiles p WHERE p.id = auth.uid()));
+      USING (id IN (SELECT p.organization_id FROM public.profiles p WHERE p.id = (SELECT auth.uid())));
     DROP POLICY IF EXISTS practitioner_assignments_party_read ON public.practitioner_assignments;
     CREATE POLICY practitioner_assignments_party_read ON public.practitioner_assignments FOR SELECT TO authenticated
-      USING (practitioner_id = auth.uid() OR supervisor_id = auth.uid());
+      USING (practitioner_id = (SELECT auth.uid()) OR supervisor_id = (SELECT auth.uid()));
   END IF;
 END
 $policies$;

@@ -307,7 +307,8 @@ def _capture_table(
             target = sql.Identifier(RUNBOOK_SCHEMA, rows_table)
             cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
             cur.execute(sql.SQL("CREATE TABLE {} AS {}").format(target, query), args)
-            source, source_args = sql.SQL("SELECT h FROM {}").format(target), []
+            cur.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, sql.SQL(", ").join(map(sql.Identifier, pk))))
+            source, source_args = sql.SQL("SELECT h FROM {}").format(target), {}
         else:
             source, source_args = query, args
     rows, checksum = _checksum_of(conn, source, source_args)
