@@ -216,6 +216,10 @@ manifest_missing_tables:
   returned: when restored or already present
   type: list
   elements: str
+legacy_checksums:
+  description: The legacy tables' rows and content checksums in the backup's own snapshot (what a full rollback proves back).
+  returned: when a backup was found
+  type: dict
 guard:
   description: The production guard's verdict (is_production, same_server, evidence, the identities compared).
   returned: always
@@ -402,7 +406,8 @@ def work(module: AnsibleModule, _conn: Any, result: dict[str, Any]) -> None:
     expected = list(LEGACY_TABLES if p["tables"] is None else p["tables"])
     client = s3_client(p)
     manifest_key, manifest = locate(p, client)
-    result.update(key=manifest["key"], manifest_key=manifest_key, run_id=manifest.get("run_id"), sha256=manifest.get("sha256"))
+    result.update(key=manifest["key"], manifest_key=manifest_key, run_id=manifest.get("run_id"), sha256=manifest.get("sha256"),
+                  legacy_checksums=manifest.get("legacy_checksums") or {})  # fmt: skip
     if p["mode"] == "stream" and manifest.get("format") == "directory":
         raise OperatorError(
             f"backup {manifest['key']} is a directory-format dump: pg_restore cannot read it from a stream. "
