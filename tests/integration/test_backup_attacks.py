@@ -244,27 +244,31 @@ def test_manifest_altered_after_it_was_written_is_refused(
 
 
 def test_killed_runs_dump_folders_are_removed_by_the_next_restore_backup_and_verify(
-    run_module: Any, sandbox: Sandbox, source: dict[str, Any], staging: dict[str, Any], prefix: str
+    run_module: Any, sandbox: Sandbox, source: dict[str, Any], staging: dict[str, Any], prefix: str, tmp_path: Path
 ) -> None:
-    alive = Path(tempfile.gettempdir()) / f"vdp-restore-{os.getpid()}-live{uuid.uuid4().hex[:6]}"
+    """The modules' default work place is the system temp dir (/tmp). The modules here get a temp dir of their own
+    (TMPDIR), so that no other vdp run on this machine cleans the planted folders first."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp))
+    alive = tmp / f"vdp-restore-{os.getpid()}-live"
     alive.mkdir(mode=0o700)  # a folder of a process that still runs (this one) is never touched
-    try:
-        left = killed_runs_folder("restore")
-        done = backup(run_module, sandbox, source, prefix, "left-1")
-        assert not done.failed and str(left) in done["removed_leftovers"] and not left.exists()
 
-        left = killed_runs_folder("restore")
-        checked = verify(run_module, sandbox, prefix, run_id="left-1")
-        assert checked["verified"], checked.get("msg")
-        assert not left.exists(), "vdp_backup_verify left a killed run's dump folder behind"
+    left = killed_runs_folder("restore", str(tmp))
+    args = dict(login(source), **s3_args(sandbox, prefix), run_id="left-1", pg_bindir=PG_BINDIR)
+    done = run_module("vdp_backup", args, env=env)
+    assert not done.failed and done["removed_leftovers"] == [str(left)] and not left.exists()
 
-        left = killed_runs_folder("backup")
-        restored = restore(run_module, sandbox, staging, prefix, run_id="left-1")
-        assert not restored.failed and restored["restored"], restored.get("msg")
-        assert str(left) in restored["removed_leftovers"] and not left.exists()
-        assert alive.is_dir()
-    finally:
-        alive.rmdir()
+    left = killed_runs_folder("restore", str(tmp))
+    checked = run_module("vdp_backup_verify", dict(s3_args(sandbox, prefix), run_id="left-1"), env=env)
+    assert checked["verified"], checked.get("msg")
+    assert not left.exists(), "vdp_backup_verify left a killed run's dump folder behind"
+
+    left = killed_runs_folder("backup", str(tmp))
+    restored = run_module("vdp_restore", restore_args(sandbox, staging, prefix, run_id="left-1"), env=env)
+    assert not restored.failed and restored["restored"], restored.get("msg")
+    assert restored["removed_leftovers"] == [str(left)] and not left.exists()
+    assert sorted(p.name for p in tmp.iterdir()) == [alive.name]  # and each run removed its own work folder
 
 
 def start_module(name: str, args: dict[str, Any]) -> subprocess.Popen[str]:
