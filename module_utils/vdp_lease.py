@@ -143,15 +143,19 @@ class Lease:
 
 
 def controller_pid() -> int | None:
-    """PID of the ansible-playbook process this module runs under (walking up /proc), None when there is none."""
-    pid = os.getppid()
-    for _ in range(12):
+    """PID of the ansible-playbook process this module runs under (walking up /proc), None when there is none.
+
+    The OUTERMOST one: Ansible's workers are forks of ansible-playbook (same command line) that live for one
+    task, so the nearest such ancestor is a worker that is gone by the next task - a live run would look dead.
+    """
+    pid, found = os.getppid(), None
+    for _ in range(16):
         if pid <= 1:
-            return None
+            break
         if "ansible-playbook" in _cmdline(pid):
-            return pid
+            found = pid
         pid = _parent(pid)
-    return None
+    return found
 
 
 def _cmdline(pid: int) -> str:
@@ -286,10 +290,12 @@ def _decide(current: Lease | None, run_id: str, me: Controller, takeover: str | 
         same = current.controller_host == me.host and current.controller_pid in (None, me.pid)
         return "renewed" if same else "resumed"
     stale = staleness(current, me)
-    if stale is None and current.active_sessions:
+    running_here = current.controller_host == me.host and process_alive(current.controller_pid)
+    if stale is None and (current.active_sessions or running_here):
+        where = f" (its ansible-playbook, pid {current.controller_pid}, runs on this host)" if running_here else ""
         raise LeaseHeld(
-            f"another migration run holds the run lease and is running: {current.describe()}. Wait for it to finish, "
-            f"or stop it: ansible-playbook playbooks/stop.yml -e vdp_run_id={current.run_id}",
+            f"another migration run holds the run lease and is running: {current.describe()}{where}. Wait for it to "
+            f"finish, or stop it: ansible-playbook playbooks/stop.yml -e vdp_stop_run_id={current.run_id}",
             lease=current.as_dict(),
         )
     if takeover != current.run_id:
@@ -297,12 +303,6 @@ def _decide(current: Lease | None, run_id: str, me: Controller, takeover: str | 
         raise LeaseHeld(
             f"the run lease is held by {current.describe()}; {why}. If that run is really gone, take the lease over "
             f"explicitly with -e vdp_lease_takeover={current.run_id}, or resume that run with -e vdp_run_id={current.run_id}",
-            lease=current.as_dict(),
-        )
-    if stale is None and current.controller_host == me.host and process_alive(current.controller_pid):
-        raise LeaseHeld(
-            f"refusing to take over: run {current.run_id}'s ansible-playbook (pid {current.controller_pid}) is still running "
-            "on this host; stop it first (playbooks/stop.yml)",
             lease=current.as_dict(),
         )
     return "taken_over"
