@@ -397,8 +397,13 @@ def test_rehearsal_refuses_any_production_confirmation(
         staging_vars = armed(dict(prod, host="127.0.0.1", port=forwarder.port))
         rehearsed = play(sandbox, world, "playbooks/rehearse.yml", "-e", staging_vars, "-e", json.dumps(extra))
         assert rehearsed.returncode != 0
-        assert "The rehearsal never restores production, whatever is passed" in rehearsed.stdout, rehearsed.stdout[-3000:]
-        assert not (world["run_dir"] / "rehearsal_restore.json").exists()
+        if "rollback_confirm" in extra:  # the rollback's own switch: refused up front, or by the guard (literal "")
+            assert "never restores production, whatever is passed" in rehearsed.stdout or (
+                "Rehearsal NO-GO, production is untouched" in rehearsed.stdout and REFUSED in rehearsed.stdout
+            ), rehearsed.stdout[-3000:]
+        else:
+            assert "The rehearsal never restores production, whatever is passed" in rehearsed.stdout, rehearsed.stdout[-3000:]
+            assert not (world["run_dir"] / "rehearsal_restore.json").exists()
         if "rollback_confirm" not in extra:
             restored = play(sandbox, world, "playbooks/restore_staging.yml", "-e", staging_vars, "-e", json.dumps(extra))
             assert restored.returncode != 0
@@ -438,3 +443,32 @@ def test_playbook_refuses_when_production_is_unreachable_unless_the_inventory_sa
     assert allowed.returncode == 0, allowed.stdout[-3000:]
     assert "its identity was NOT checked" in allowed.stdout + allowed.stderr
     assert record(world, "restore_staging")["parity_ok"] and not has_sentinel(staging)
+
+
+@pytest.mark.parametrize(
+    ("playbook", "override"),
+    [
+        ("restore_staging.yml", "staging_restore_production_db"),
+        ("rehearse.yml", "staging_restore_production_db"),
+        ("rehearse.yml", "rehearsal_production_db"),
+    ],
+)
+def test_the_guards_production_reference_cannot_be_redirected_with_extra_vars(
+    sandbox: Sandbox, world: dict[str, Any], armed: Callable[..., str], tmp_path: Path, playbook: str, override: str
+) -> None:
+    """Extra vars beat role vars: with staging behind a forwarder AND the guard's production reference pointed at a
+    decoy, the guard compared staging with the decoy, found another server, and restored over production."""
+    prod = world["vdp_production_db"]
+    before = fingerprint(prod)
+    forwarder = Forwarder(sandbox.port_base + 2)
+    try:
+        armed(prod)  # the backup a restore would find
+        attack = tmp_path / "attack.json"
+        decoy = sandbox.pg("staging", "postgres")
+        attack.write_text(json.dumps({"vdp_staging_db": dict(prod, port=forwarder.port), override: decoy}))
+        run = play(sandbox, world, f"playbooks/{playbook}", "-e", f"@{attack}")
+    finally:
+        forwarder.close()
+    assert run.returncode != 0
+    assert "is not this run's vdp_production_db" in run.stdout and "nothing was changed" in run.stdout, run.stdout[-3000:]
+    assert fingerprint(prod) == before and has_sentinel(prod, "guard_sentinel")
