@@ -233,6 +233,7 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.vdp_archive import head_or_none, list_backup_sets, read_json_object, s3_call
+from ansible.module_utils.vdp_baseline import legacy_snapshot
 from ansible.module_utils.vdp_dump import (
     INCOMING_DIR,
     MANIFEST_VERSION,
@@ -361,6 +362,11 @@ def existing_backup(module: AnsibleModule, client: Any, layout: Layout) -> tuple
 # --------------------------------------------------------------------------- the dump
 
 
+def snapshot_checksums(conn: Any) -> dict[str, Any]:
+    """Rows and content checksum of every legacy table (legacy columns; the migration's flags left out)."""
+    return {t: dict(rows=v["rows"], checksum=v["checksum"], columns=v["columns"]) for t, v in legacy_snapshot(conn).items()}
+
+
 def run_dump(
     module: AnsibleModule, client: Any, cmd: list[str], incoming: str, extra: dict[str, Any], beat: HeartbeatThread
 ) -> Any:
@@ -405,7 +411,7 @@ def dump_to_incoming(
     """pg_dump (in the snapshot the counts read) into the incoming upload; (upload, counts, seconds)."""
     p = module.params
     snapshot = export_snapshot(conn)
-    counts = SnapshotCounts(conn, tables)
+    counts = SnapshotCounts(conn, tables, checksums=snapshot_checksums)
     sse = sse_args(None if p["sse"] == "none" else p["sse"], p.get("kms_key_id"))
     beat_params = dict(p, application_name=application_name(p, "backup-heartbeat"))
     with private_workdir("vdp-backup-", p["workdir"]) as workdir:
@@ -528,6 +534,7 @@ def build_manifest(
         "database": counts.database,
         "roles": counts.roles,
         "tables": counts.counts,
+        "legacy_checksums": counts.legacy_checksums,
         "tables_absent": counts.absent,
         "snapshot_consistent": True,
         "started_at": iso(started),

@@ -42,6 +42,13 @@ options:
     description: Only create missing flags; leave the value of existing ones alone.
     type: bool
     default: false
+  missing:
+    description:
+      - What to do with a flag that does not exist - C(create) it, or C(skip) it (turning flags off in a rollback must not
+        create flags the migration never got to create, least of all in a database restored from before it).
+    type: str
+    choices: [create, skip]
+    default: create
   description:
     description: Description stored with flags this module creates.
     type: str
@@ -127,6 +134,7 @@ def argument_spec() -> dict[str, Any]:
         enabled=dict(type="bool", default=False),
         state=dict(type="str", default="present", choices=["present", "absent"]),
         create_only=dict(type="bool", default=False),
+        missing=dict(type="str", default="create", choices=["create", "skip"]),
         description=dict(type="str"),
         table=dict(type="str", default="public.feature_flags"),
     )
@@ -164,7 +172,7 @@ def plan(params: dict[str, Any], current: dict[str, bool]) -> tuple[list[str], l
     names = list(dict.fromkeys(params["names"]))
     if params["state"] == "absent":
         return [], [], [n for n in names if n in current]
-    create = [n for n in names if n not in current]
+    create = [n for n in names if n not in current] if params.get("missing", "create") == "create" else []
     update = [] if params["create_only"] else [n for n in names if n in current and current[n] != params["enabled"]]
     return create, update, []
 

@@ -20,7 +20,10 @@ description:
     C(vdp_runbook.baseline_history) who did it, when, why (I(reason), required) and how the tables differed from the old
     baseline - for changes validation cannot attribute (a row deleted by the application, an edit without C(updated_at)),
     once the operator has explained them. Never silent, never automatic.
-  - I(state=status) only reads it.
+  - I(state=status) only reads it; with I(compare) it also compares the legacy tables with it, row by row (what the
+    rollback proves at its end - C(unchanged_by_migration) for every table).
+  - The baseline outlives a rollback (a second rollback proves against it again); the next forward run of the
+    schema version keeps its summary under another key and takes a fresh one.
 version_added: "1.0.0"
 extends_documentation_fragment:
   - vdp_postgres
@@ -37,6 +40,10 @@ options:
   operator:
     description: Who re-takes it (recorded); default the controller's user@host.
     type: str
+  compare:
+    description: With I(state=status), compare every legacy table with the baseline (read-only).
+    type: bool
+    default: false
   feature_flags:
     description: The migration's own feature flags, left out of the baseline (they are not legacy rows).
     type: list
@@ -73,10 +80,14 @@ baseline:
   returned: always
   type: dict
 differences:
-  description: With I(state=rebaselined) - each table against the old baseline (inserted, application-updated, deleted, changed).
-  returned: when rebaselined
+  description: With I(state=rebaselined) or I(compare), each table against the baseline (new, app, deleted, changed rows).
+  returned: when rebaselined or compared
   type: list
   elements: dict
+unchanged:
+  description: With I(compare) - true when the migration changed no legacy value (application writes aside).
+  returned: when compared
+  type: bool
 """
 
 from typing import Any
@@ -93,6 +104,7 @@ def argument_spec() -> dict[str, Any]:
         state=dict(type="str", default="status", choices=["status", "present", "rebaselined"]),
         reason=dict(type="str"),
         operator=dict(type="str"),
+        compare=dict(type="bool", default=False),
         feature_flags=dict(type="list", elements="str", default=list(FEATURE_FLAGS)),
         baseline_key=dict(type="str", default=BASELINE_KEY, no_log=False),
     )
@@ -116,6 +128,12 @@ def work(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
     before = read_baseline(conn, p["baseline_key"])
     result["baseline"] = summary(before)
     if p["state"] == "status":
+        if p["compare"]:
+            compared = compare_legacy(conn, p["baseline_key"]) or []
+            result.update(
+                differences=[c.as_dict() for c in compared],
+                unchanged=bool(compared) and all(c.unchanged_by_migration and not c.structure_lost for c in compared),
+            )
         return
     if p["state"] == "present":
         if before:
@@ -139,7 +157,7 @@ def work(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     result: dict[str, Any] = dict(changed=False, baseline={})
-    lock = module.params["state"] != "status"
+    lock = module.params["state"] != "status"  # reading (and comparing) needs no lock: it answers while a run works
     run_module(module, result, work, component="baseline", lock=lock, problem=input_problem)
 
 

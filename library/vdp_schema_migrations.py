@@ -26,7 +26,9 @@ description:
   - Before the first forward file is applied, the legacy baseline (per-row hashes, checksums and structure of
     every legacy table, the reference the validation compares with) is stored in C(vdp_runbook).
   - I(state=reverted) runs C(<version>.revert.sql) of applied versions, newest first, and removes them
-    from the ledger (versions without a revert file, like the data step's, are only removed).
+    from the ledger (versions without a revert file, like the data step's, are only removed). The legacy baseline
+    stays (the rollback proves the legacy tables against it afterwards, as often as it is run); a later forward run of the
+    schema version archives a baseline left behind and takes a fresh one.
   - I(state=recorded) records a version that has no file (the data step, done by the modules).
   - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
 version_added: "1.0.0"
@@ -149,7 +151,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vdp_baseline import drop_baseline, ensure_baseline
+from ansible.module_utils.vdp_baseline import archive_baseline, ensure_baseline, read_baseline
 from ansible.module_utils.vdp_errors import EngineError
 from ansible.module_utils.vdp_ledger import (
     delete_version,
@@ -161,7 +163,7 @@ from ansible.module_utils.vdp_ledger import (
     run_transactional,
 )
 from ansible.module_utils.vdp_lifecycle import applied_by, engine_argument_spec, lock_policy, run_module, run_options_problem
-from ansible.module_utils.vdp_names import DATA_VERSION, FEATURE_FLAGS
+from ansible.module_utils.vdp_names import BASELINE_KEY, DATA_VERSION, FEATURE_FLAGS, SCHEMA_VERSION
 from ansible.module_utils.vdp_rules import data_step_checksum
 from ansible.module_utils.vdp_sqlfiles import MigrationFile, body_statements, declares_no_transaction, discover, kind_of
 
@@ -246,6 +248,11 @@ def do_apply(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
         return
     conn.commit()  # end the read-only transaction of the checks above
     if p["capture_baseline"]:
+        if SCHEMA_VERSION in [f.version for f in pending] and read_baseline(conn):
+            # A baseline left by an earlier migration that was reverted: it describes another moment. Keep its
+            # summary under another key and take a fresh one before this migration's first write.
+            archive_baseline(conn, BASELINE_KEY, f"{BASELINE_KEY}@superseded-{p.get('run_id') or 'unknown'}")
+            conn.commit()
         result["baseline_captured"] = ensure_baseline(conn, p.get("run_id"), flags=p["feature_flags"])
     ensure_runbook_schema(conn)
     who = applied_by(conn, p.get("run_id"))
@@ -323,9 +330,7 @@ def do_revert(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
                 conn.commit()
             else:
                 run_transactional(conn, revert, body_statements(mf.revert_path, True), None, policy, delete_ledger=version)
-        if mf is not None and mf.kind == "schema":
-            drop_baseline(conn)
-            conn.commit()
+        # The baseline stays: the rollback compares the legacy tables with it after the revert (again on a second rollback).
         result["changed"] = True
 
 

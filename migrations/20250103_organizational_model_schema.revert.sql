@@ -15,14 +15,19 @@ SET LOCAL statement_timeout = '10min';
 CREATE SCHEMA IF NOT EXISTS vdp_runbook;
 
 -- Preserve the organizational data (replaces the copy of any earlier revert).
+-- Each copy gets its primary key (a table without one is what Supabase's advisor flags). The tables are
+-- the runbook's own, in its own schema, and new here: nothing else can be waiting on them.
 DROP TABLE IF EXISTS vdp_runbook.reverted_organizations;
 CREATE TABLE vdp_runbook.reverted_organizations AS SELECT * FROM public.organizations;
+ALTER TABLE vdp_runbook.reverted_organizations ADD PRIMARY KEY (id);
 DROP TABLE IF EXISTS vdp_runbook.reverted_practitioner_assignments;
 CREATE TABLE vdp_runbook.reverted_practitioner_assignments AS SELECT * FROM public.practitioner_assignments;
+ALTER TABLE vdp_runbook.reverted_practitioner_assignments ADD PRIMARY KEY (id);
 DROP TABLE IF EXISTS vdp_runbook.reverted_profile_membership;
 CREATE TABLE vdp_runbook.reverted_profile_membership AS
 SELECT id, organization_id, roles, is_active, last_activity FROM public.profiles
 WHERE organization_id IS NOT NULL OR roles IS NOT NULL;
+ALTER TABLE vdp_runbook.reverted_profile_membership ADD PRIMARY KEY (id);
 
 DROP TRIGGER IF EXISTS profiles_vdp_membership_defaults ON public.profiles;
 DROP FUNCTION IF EXISTS public.vdp_profiles_membership_defaults();

@@ -307,7 +307,8 @@ def _capture_table(
             target = sql.Identifier(RUNBOOK_SCHEMA, rows_table)
             cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
             cur.execute(sql.SQL("CREATE TABLE {} AS {}").format(target, query), args)
-            cur.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, sql.SQL(", ").join(map(sql.Identifier, pk))))
+            keys = sql.SQL(", ").join(map(sql.Identifier, pk))
+            cur.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, keys))
             source, source_args = sql.SQL("SELECT h FROM {}").format(target), {}
         else:
             source, source_args = query, args
@@ -334,17 +335,6 @@ def _capture_table(
             ),
         )
     return dict(rows=rows, checksum=checksum, per_row=bool(pk))
-
-
-def drop_baseline(conn: Any, key: str = BASELINE_KEY) -> None:
-    """Forget the baseline `key` and its row tables (the schema revert does this; no commit)."""
-    for entry in read_baseline(conn, key).values():
-        if entry.get("rows_table"):
-            with conn.cursor() as cur:
-                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(RUNBOOK_SCHEMA, entry["rows_table"])))
-    if table_exists(conn, f"{RUNBOOK_SCHEMA}.baseline"):
-        with conn.cursor() as cur:
-            cur.execute(f"DELETE FROM {RUNBOOK_SCHEMA}.baseline WHERE baseline_key = %s", (key,))
 
 
 # --------------------------------------------------------------------------- comparing
@@ -458,3 +448,22 @@ def rebaseline(
         )
     conn.commit()
     return dict(previous=previous, differences=differences, captured=summary)
+
+
+def archive_baseline(conn: Any, key: str, archived_key: str) -> bool:
+    """Keep the baseline's summary (rows, checksums) under `archived_key` and drop its row tables: after a
+    rollback, a later migration starts from a fresh baseline. True when there was one to archive. No commit."""
+    baseline = read_baseline(conn, key)
+    if not baseline:
+        return False
+    for entry in baseline.values():
+        if entry.get("rows_table"):
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(RUNBOOK_SCHEMA, entry["rows_table"])))
+    with conn.cursor() as cur:
+        cur.execute(f"DELETE FROM {RUNBOOK_SCHEMA}.baseline WHERE baseline_key = %s", (archived_key,))
+        cur.execute(
+            f"UPDATE {RUNBOOK_SCHEMA}.baseline SET baseline_key = %s, rows_table = NULL WHERE baseline_key = %s",
+            (archived_key, key),
+        )
+    return True

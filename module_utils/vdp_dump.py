@@ -348,11 +348,12 @@ def database_info(conn: Any) -> dict[str, str]:
 class SnapshotCounts:
     """Counts and catalog facts read in the exported snapshot, in a thread while pg_dump runs."""
 
-    def __init__(self, conn: Any, tables: list[str]) -> None:
+    def __init__(self, conn: Any, tables: list[str], checksums: Callable[[Any], dict[str, Any]] | None = None) -> None:
         import threading
 
-        self.conn, self.tables = conn, tables
+        self.conn, self.tables, self._checksums = conn, tables, checksums
         self.counts: dict[str, int] = {}
+        self.legacy_checksums: dict[str, Any] = {}
         self.absent: list[str] = []
         self.roles: list[str] = []
         self.database: dict[str, str] = {}
@@ -372,6 +373,8 @@ class SnapshotCounts:
             self.counts, self.absent = count_rows(self.conn, self.tables)
             self.roles = referenced_roles(self.conn)
             self.database = database_info(self.conn)
+            if self._checksums is not None:  # the legacy content of this very snapshot: a full rollback proves it back
+                self.legacy_checksums = self._checksums(self.conn)
         except BaseException as exc:  # noqa: BLE001 - handed back to the main thread
             self.error = exc
         self.seconds = time.monotonic() - started

@@ -345,7 +345,7 @@ def check_migration_state(report: Report, conn: Any, params: dict[str, Any]) -> 
             # The data step has no file: the modules record it in the same ledger when it completes.
             # Only the organizational migration's own versions (other files, e.g. monitoring, are not its state).
             files = [mf.version for mf in discover(params["migrations_dir"]) if mf.version.startswith(MIGRATION_NAME)]
-            versions = files + [DATA_VERSION]
+            versions = [*files, DATA_VERSION]
         except OperatorError as exc:
             report.add("migration state", BLOCKING, str(exc), started)
             return

@@ -295,7 +295,8 @@ def test_default_organization_capacity_raised_and_reported(migrated: Migrated) -
     assert capacity["max_users_before"] == 1000
     # Raised to the members plus the default 10 % headroom, so the first sign-ups after the migration still fit.
     assert capacity["max_users_after"] == USERS * 110 // 100
-    assert scalar(migrated.info, "SELECT max_users FROM public.organizations WHERE slug = 'individual-users'") == USERS * 110 // 100
+    max_users = scalar(migrated.info, "SELECT max_users FROM public.organizations WHERE slug = 'individual-users'")
+    assert max_users == USERS * 110 // 100
 
 
 def test_feature_flags_created_disabled(migrated: Migrated) -> None:

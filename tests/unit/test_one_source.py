@@ -78,10 +78,14 @@ def role_specs() -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
 
 
 @pytest.mark.parametrize(("role", "entry", "options", "defaults"), role_specs(), ids=lambda v: v if isinstance(v, str) else "")
-def test_role_argument_specs_state_the_roles_defaults(role: str, entry: str, options: dict[str, Any], defaults: dict[str, Any]) -> None:
+def test_role_argument_specs_state_the_roles_defaults(
+    role: str, entry: str, options: dict[str, Any], defaults: dict[str, Any]
+) -> None:
     for name, option in options.items():
         if "default" in option and name in defaults and "{{" not in str(defaults[name]):
-            assert option["default"] == defaults[name], f"{role} ({entry}): {name} spec {option['default']!r} != default {defaults[name]!r}"
+            assert option["default"] == defaults[name], (
+                f"{role} ({entry}): {name} spec {option['default']!r} != default {defaults[name]!r}"
+            )
 
 
 def test_the_schema_files_signup_trigger_names_the_default_organization() -> None:
@@ -92,3 +96,13 @@ def test_the_schema_files_signup_trigger_names_the_default_organization() -> Non
 def test_the_default_organization_is_created_with_the_seeds_capacity() -> None:
     defaults = yaml.safe_load((ROOT / "roles/org_data_migration/defaults/main.yml").read_text())
     assert defaults["org_data_migration_organization"]["max_users"] == names.DEFAULT_ORG_MAX_USERS
+
+
+def test_roles_that_name_the_feature_flags_name_the_modules() -> None:
+    """app_deploy turns the flags on and off from Ansible: its fallback list is the modules' (vdp_names.FEATURE_FLAGS)."""
+    text = (ROOT / "roles/app_deploy/defaults/main.yml").read_text()
+    fallback = re.search(r"app_deploy_feature_flags: .*default\(\[([^\]]*)\]\)", text)
+    assert fallback, "app_deploy_feature_flags must fall back to a literal list"
+    assert [f.strip().strip("'\"") for f in fallback.group(1).split(",")] == list(names.FEATURE_FLAGS)
+    spec = yaml.safe_load((ROOT / "roles/app_deploy/meta/argument_specs.yml").read_text())
+    assert spec["argument_specs"]["main"]["options"]["app_deploy_feature_flags"]["default"] == list(names.FEATURE_FLAGS)
