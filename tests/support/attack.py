@@ -12,11 +12,13 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import IO, Any
 
 import psycopg
+import yaml
 
 from tests.support.engine import scalar, wait_until
 from tests.support.sandbox import ROOT, Sandbox
@@ -131,9 +133,11 @@ def other_run(world: dict[str, Any], run_id: str) -> list[str]:
 
 
 def failure_of(output: str) -> dict[str, Any]:
-    """The JSON of the first `fatal: [...]: FAILED! => {...}` in an ansible-playbook output."""
-    marker = output.index("FAILED! => ")
-    return json.JSONDecoder().raw_decode(output[marker + len("FAILED! => "):])[0]
+    """The result of the first `fatal: [...]: FAILED! =>` in an ansible-playbook output (ansible.cfg prints it as YAML)."""
+    body = output[output.index("FAILED! => ") + len("FAILED! => ") :].lstrip(" ")
+    if body.startswith("{"):
+        return json.JSONDecoder().raw_decode(body)[0]
+    return yaml.safe_load(textwrap.dedent(body.split("\n\n", 1)[0]))
 
 
 def restart_production(box: Sandbox) -> None:
