@@ -58,12 +58,14 @@ status: bootstrap ## Where a running or interrupted migration stands (INVENTORY)
 stop: bootstrap ## Ask the running migration to stop cleanly between batches (INVENTORY)
 	$(PLAY) playbooks/stop.yml
 
-demo: fixture ## Sandbox + legacy platform + migrate.yml end to end, then the run record's path
-	@start=$$(date +%s); \
-	$(BIN)/ansible-playbook migrate.yml; \
+demo: fixture ## Sandbox + legacy platform + migrate.yml end to end, then the run record's path (run.html last)
+	@start=$$(date +%s); rc=0; \
+	$(BIN)/ansible-playbook migrate.yml || rc=$$?; \
 	record=$$(ls -td artifacts/runs/*/ | head -1); \
 	echo; echo "migrate.yml took $$(( $$(date +%s) - start )) s (the sandbox and fixture steps before it are not counted)"; \
-	echo "run record: $${record}run.md"
+	echo "summary: $${record}run.md (and run.json, each phase's <phase>.json)"; \
+	echo "run record: $$(realpath $${record})/run.html"; \
+	exit $$rc
 
 lint: bootstrap ## ruff, yamllint, ansible-lint (production), ansible-doc, squawk
 	bash scripts/lint.sh

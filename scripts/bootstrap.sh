@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time (and re-runnable) set-up of everything the demo and the tests need on a fresh machine:
 #   - PostgreSQL 15 server binaries (Debian package postgresql-15) when missing,
+#   - Debian's prometheus and prometheus-node-exporter, and chromium (headless, for the run.html tests),
 #   - a project virtualenv (.venv) with the pinned Python packages (Ansible + bundled collections,
 #     psycopg, boto3, linters, Molecule, SeaweedFS's `weed` for the S3 sandbox).
 # Idempotent: a second run checks and installs nothing.
@@ -41,6 +42,14 @@ if ! command -v prometheus >/dev/null || ! command -v prometheus-node-exporter >
       as_root update-rc.d "$svc" disable >/dev/null 2>&1 || true
     fi
   done
+fi
+# Headless Chromium from Debian renders run.html in the report tests (DOM text + screenshot); DejaVu gives the
+# screenshot real glyphs. --no-install-recommends keeps it to the browser (no desktop services).
+if ! command -v chromium >/dev/null || [ ! -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+  log "chromium / fonts-dejavu-core not found: installing them from Debian"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    chromium fonts-dejavu-core >/dev/null
 fi
 if ! id postgres >/dev/null 2>&1; then
   log "system user 'postgres' missing (initdb refuses root): creating it"
