@@ -8,6 +8,7 @@ summaries, a run killed with phases missing, a dry run) are written by playbooks
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 import shutil
@@ -16,7 +17,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,9 @@ def test_hostile_values_are_text_not_markup(sandbox: Sandbox, migrated: dict[str
 
     def summary(d: dict[str, Any]) -> None:
         d["phases"]["validate"].update(status="failed", summary=HOSTILE_SUMMARY)
+        # ... and a maintenance window that took 31 of its 30 minutes.
+        late = at(d["phases"]["schema"]["started_at"]) + timedelta(minutes=31)
+        d["phases"]["data"]["finished_at"] = late.strftime("%Y-%m-%dT%H:%M:%SZ")
 
     edit(run_dir / "data.json", org)
     edit(run_dir / "validate.json", failed_validation)
@@ -254,6 +258,7 @@ def test_hostile_values_are_text_not_markup(sandbox: Sandbox, migrated: dict[str
         assert value in page.text, value
     assert f"FAILED at validate: {HOSTILE_SUMMARY}" in page.text  # the verdict, first
     assert "INVALID" in page.text and "FAILED" in page.text
+    assert "31 min of 30 min (103 %): MISSED by 1 min" in page.text
 
 
 def test_missing_phases_render_sensibly(sandbox: Sandbox, migrated: dict[str, Any], tmp_path: Path) -> None:
@@ -361,3 +366,46 @@ def test_upload_module_is_idempotent_and_encrypts(sandbox: Sandbox, run_module: 
 
     refused = run_module("vdp_report_upload", dict(args, s3=dict(args["s3"], secret_key="W" * 40)))
     assert refused.failed and "S3 credentials were refused" in refused["msg"] and "W" * 40 not in json.dumps(refused)
+
+
+# --------------------------------------------------------------------------- the view filters, alone
+
+
+def view() -> Any:
+    path = Path(__file__).resolve().parents[2] / "roles" / "run_report" / "filter_plugins" / "run_report_view.py"
+    spec = importlib.util.spec_from_file_location("run_report_view", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_view_budgets_and_lists_on_odd_records() -> None:
+    v = view()
+    budgets = [dict(id="w", name="window", minutes=30, phases=["schema", "data"])]
+    run = dict(started_at="2026-01-01T10:00:00Z", phases=dict(
+        schema=dict(started_at="2026-01-01T10:00:00Z", finished_at="2026-01-01T10:20:00Z", status="ok"),
+        data=dict(started_at="2026-01-01T10:20:00Z", finished_at="2026-01-01T10:45:30Z", status="ok")))  # fmt: skip
+    missed = v.timeline(run, {}, budgets)["budgets"][0]
+    assert missed["met"] is False and missed["words"] == "45 min 30 s of 30 min (152 %): MISSED by 15 min 30 s"
+    run["check_mode"] = True
+    assert v.timeline(run, {}, budgets)["budgets"][0]["verdict"] == "not measured"
+    broken = v.timeline(dict(phases=dict(schema=dict(started_at="yesterday", status="running"))), {}, budgets)
+    assert broken["rows"][0]["offset"] is None and broken["budgets"][0]["words"] == "not measured: schema did not finish"
+    assert v.timeline({}, {}, [])["rows"] == []
+    listed = v.jsonl('{"id": 1}\n\n{"id": 2}\n{broken\n{"id": 3}\n', 2)
+    assert listed == dict(total=4, rows=[{"id": 1}, {"id": 2}], shown=2, truncated=True, bad_lines=1)
+    assert v.duration(3725) == "1 h 02 min" and v.duration("16.7") == "17 s" and v.duration(None) == "-"
+
+
+def test_every_value_in_the_html_templates_is_escaped() -> None:
+    """Ansible's templating does not autoescape: each {{ }} of run.html's templates ends in `| e`, or is a macro of
+    html/macros.j2 (whose own values end in `| e`). A value added without it fails here before it reaches a page."""
+    folder = Path(__file__).resolve().parents[2] / "roles" / "run_report" / "templates"
+    found = 0
+    for template in [folder / "run.html.j2", *sorted((folder / "html").glob("*.j2"))]:
+        for match in re.finditer(r"\{\{-?(.*?)-?\}\}", template.read_text(), re.S):
+            found += 1
+            expression = match.group(1).strip()
+            assert expression.endswith("| e") or re.match(r"^(ui\.|tone\(|badge\()", expression), (template.name, expression)
+    assert found > 100

@@ -200,18 +200,23 @@ def timeline(run: dict[str, Any], extras: dict[str, Any], budgets: list[dict[str
     entries = phases(run, extras or {})
     times = [t for e in entries for t in (parse_time(e.get("started_at")), parse_time(e.get("finished_at"))) if t]
     start = parse_time(run.get("started_at")) or (min(times) if times else None)
-    end = max([*times, *filter(None, [parse_time(run.get("finished_at"))])], default=start)
+    # The axis ends with the last phase; a phase that never finished is drawn up to the record's last write.
+    unfinished = any(not parse_time(e.get("finished_at")) for e in entries)
+    last_write = [parse_time(run.get("finished_at") or run.get("updated_at"))] if unfinished else []
+    end = max([*times, *filter(None, last_write)], default=start)
     span = max((end - start).total_seconds(), 1.0) if start and end else 1.0
     rows = []
     for index, entry in enumerate(entries):
         begin, finish = parse_time(entry.get("started_at")), parse_time(entry.get("finished_at"))
         offset = (begin - start).total_seconds() if begin and start else None
         length = (finish - begin).total_seconds() if begin and finish else (span - offset if offset is not None else None)
+        x = round(LABEL + PLOT * (offset or 0) / span, 1)
+        w = round(max(PLOT * (length or 0) / span, 2.0), 1) if offset is not None else 0
+        after = x + w + 4 <= WIDTH - 60  # the duration fits after the bar; else it goes before it
         rows.append(dict(entry, seconds=_seconds(entry), offset=offset, finished=finish is not None,
                          summary=text(entry.get("summary")), start_short=_short(begin, start), end_short=_short(finish, start),
-                         bad=str(entry.get("status")) in BAD_STATUSES, y=30 + index * ROW,
-                         x=round(LABEL + PLOT * (offset or 0) / span, 1),
-                         w=round(max(PLOT * (length or 0) / span, 2.0), 1) if offset is not None else 0))  # fmt: skip
+                         bad=str(entry.get("status")) in BAD_STATUSES, y=30 + index * ROW, x=x, w=w,
+                         note_x=round(x + w + 4 if after else x - 4, 1), note_anchor="start" if after else "end"))  # fmt: skip
     measured = budget_results(entries, budgets, bool(run.get("check_mode")))
     top = 30 + len(rows) * ROW + 8
     for index, result in enumerate(measured):
@@ -224,7 +229,9 @@ def timeline(run: dict[str, Any], extras: dict[str, Any], budgets: list[dict[str
             result["bracket"] = dict(x1=round(x1, 1), x2=round(x2, 1))
             if x2 + 6 + WORDS_WIDTH <= WIDTH:  # the words fit on the bracket's line, after it
                 result.update(words_x=round(x2 + 6, 1), words_y=result["y"] + 11)
+    opened, closed = parse_time(run.get("started_at")), parse_time(run.get("finished_at"))
     return dict(width=WIDTH, label=LABEL, plot=PLOT, bar=BAR, row=ROW, span=span, span_words=duration(span),
+                run_words=duration((closed - opened).total_seconds()) if opened and closed else "-",
                 start=_iso(start), end=_iso(end), rows=rows, ticks=_ticks(span), budgets=measured, budgets_top=top,
                 height=top + len(measured) * BUDGET_ROW + 8, gauge_height=10 + len(measured) * GAUGE_ROW)  # fmt: skip
 
