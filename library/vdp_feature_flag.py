@@ -24,9 +24,10 @@ extends_documentation_fragment:
   - vdp_run
 options:
   names:
-    description: Flag names (text of 1 to 100 characters each, no NUL; a number or a list is refused, not converted).
-    type: list
-    elements: raw
+    description:
+      - Flag names (text of 1 to 100 characters each, no NUL); one name alone counts as a list of one.
+      - A number, or a list or number as a name, is refused, not converted to text.
+    type: raw
     default: [organizational_model, multi_role_support]
     aliases: [name]
   enabled:
@@ -128,9 +129,9 @@ _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def argument_spec() -> dict[str, Any]:
-    # names are raw elements: a number given by mistake is refused, not turned into '5'.
+    # names is raw: a number given by mistake is refused, not turned into ['5'] (Ansible's list conversion).
     return engine_argument_spec(
-        names=dict(type="list", elements="raw", default=list(FEATURE_FLAGS), aliases=["name"]),
+        names=dict(type="raw", default=list(FEATURE_FLAGS), aliases=["name"]),
         enabled=dict(type="bool", default=False),
         state=dict(type="str", default="present", choices=["present", "absent"]),
         create_only=dict(type="bool", default=False),
@@ -142,6 +143,10 @@ def argument_spec() -> dict[str, Any]:
 
 def validate(params: dict[str, Any]) -> str | None:
     names = params["names"]
+    if isinstance(names, str):
+        names = params["names"] = [names]
+    if not isinstance(names, list):
+        return f"names must be a list of flag names, got {type(names).__name__} {names!r}: e.g. [organizational_model]"
     if not names:
         return "names is empty: give at least one flag name"
     typed = [p for p in (text_problem(f"flag name {n!r}", n, 100) for n in names) if p]
