@@ -25,6 +25,8 @@ from typing import Any
 import boto3
 import pytest
 
+from tests.integration.test_app_deploy_standin import TOKEN as STANDIN_TOKEN
+from tests.integration.test_app_deploy_standin import StandIn
 from tests.support.sandbox import Sandbox
 from tests.support.world import make_world, play, recap
 
@@ -143,11 +145,28 @@ def s3_client(box: Sandbox) -> Any:
 
 @pytest.fixture(scope="module")
 def migrated(sandbox: Sandbox, legacy_template: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """One real migrate.yml run on a clone of the legacy fixture; its record folder and output."""
-    with make_world(sandbox, legacy_template(), tmp_path_factory.mktemp("run-report")) as world:
-        proc = play(sandbox, world, "migrate.yml")
-        assert proc.returncode == 0, proc.stdout[-4000:]
-        yield dict(world, output=proc.stdout)
+    """One real migrate.yml run, the whole runbook, on a clone of the legacy fixture: its own stand-in app on that
+    clone is the app deployed, smoke-checked and watched (the sandbox's stand-in reads another database)."""
+    folder = tmp_path_factory.mktemp("run-report")
+    with make_world(sandbox, legacy_template(), folder) as world:
+        app = StandIn(folder / "standin", world["vdp_production_db"])
+        try:
+            settings = json.loads(Path(world["vars_file"]).read_text())
+            settings.update(
+                vdp_app=dict(platform="none", base_url=app.url, release="organizational-1", admin_token=STANDIN_TOKEN),
+                vdp_monitor=dict(
+                    sql=dict(long_query_seconds=30), http=dict(probes=[dict(name="health", url=f"{app.url}/health")])
+                ),
+                monitor_period_seconds=10,
+                monitor_interval_seconds=5,
+            )
+            Path(world["vars_file"]).write_text(json.dumps(settings))
+            proc = play(sandbox, world, "migrate.yml")
+            assert proc.returncode == 0, proc.stdout[-6000:]
+            assert STANDIN_TOKEN not in proc.stdout + proc.stderr
+            yield dict(world, output=proc.stdout)
+        finally:
+            app.stop()
 
 
 def copy_record(world: dict[str, Any], folder: Path) -> Path:
