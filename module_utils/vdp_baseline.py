@@ -49,6 +49,7 @@ ALTER TABLE {RUNBOOK_SCHEMA}.baseline ADD COLUMN IF NOT EXISTS rows_table text;
 ALTER TABLE {RUNBOOK_SCHEMA}.baseline ADD COLUMN IF NOT EXISTS attribution_since timestamptz;
 ALTER TABLE {RUNBOOK_SCHEMA}.baseline ADD COLUMN IF NOT EXISTS excluded jsonb NOT NULL DEFAULT '{{}}'::jsonb;
 ALTER TABLE {RUNBOOK_SCHEMA}.baseline ADD COLUMN IF NOT EXISTS reason text;
+ALTER TABLE {RUNBOOK_SCHEMA}.baseline ADD COLUMN IF NOT EXISTS migration_since timestamptz;
 CREATE TABLE IF NOT EXISTS {RUNBOOK_SCHEMA}.baseline_history (
   id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
   baseline_key text NOT NULL,
@@ -234,8 +235,11 @@ def ensure_baseline_tables(conn: Any) -> None:
 def read_baseline(conn: Any, key: str = BASELINE_KEY) -> dict[str, dict[str, Any]]:
     if not table_exists(conn, f"{RUNBOOK_SCHEMA}.baseline"):
         return {}
-    has_rows = "pk_columns" in table_columns(conn, f"{RUNBOOK_SCHEMA}.baseline")
-    extra = ", pk_columns, rows_table, attribution_since, excluded, reason" if has_rows else ""
+    columns = table_columns(conn, f"{RUNBOOK_SCHEMA}.baseline")
+    has_rows, has_start = "pk_columns" in columns, "migration_since" in columns
+    extra = (", pk_columns, rows_table, attribution_since, excluded, reason" if has_rows else "") + (
+        ", migration_since" if has_start else ""
+    )
     with conn.cursor() as cur:
         cur.execute(
             f"SELECT table_name, columns, row_count, checksum, structure, captured_at, run_id{extra} "
@@ -257,11 +261,14 @@ def read_baseline(conn: Any, key: str = BASELINE_KEY) -> dict[str, dict[str, Any
             attribution_since=None,
             excluded={},
             reason=None,
+            migration_since=None,
         )
         if has_rows:
             entry.update(
                 pk_columns=list(r[7] or []), rows_table=r[8], attribution_since=r[9], excluded=dict(r[10] or {}), reason=r[11]
             )
+        if has_start:
+            entry["migration_since"] = r[-1]
         out[r[0]] = entry
     return out
 
@@ -282,12 +289,15 @@ def capture(conn: Any, run_id: str | None, key: str, flags: Sequence[str], reaso
     try:
         with conn.transaction():
             _pin_settings(conn)
+            # A re-baseline takes a new reference, not a new start: the application's writes since the FIRST
+            # baseline (the migration's first write) stay attributable by the rule checks (vdp_invariants).
+            started = {t: b["migration_since"] or b["attribution_since"] for t, b in read_baseline(conn, key).items()}
             with conn.cursor() as cur:
                 cur.execute(_SINCE_SQL)
                 since = cur.fetchone()[0]
                 cur.execute(f"DELETE FROM {RUNBOOK_SCHEMA}.baseline WHERE baseline_key = %s", (key,))
             summary = {
-                t: _capture_table(conn, t, key, run_id, since, excluded.get(t), reason)
+                t: _capture_table(conn, t, key, run_id, (since, started.get(t) or since), excluded.get(t), reason)
                 for t in LEGACY_TABLES
                 if table_exists(conn, t)
             }
@@ -297,8 +307,9 @@ def capture(conn: Any, run_id: str | None, key: str, flags: Sequence[str], reaso
 
 
 def _capture_table(
-    conn: Any, table: str, key: str, run_id: str | None, since: Any, exclude: Any, reason: str | None
+    conn: Any, table: str, key: str, run_id: str | None, times: tuple[Any, Any], exclude: Any, reason: str | None
 ) -> dict[str, Any]:
+    """One table's row hashes and summary; times = (attribution_since, migration_since)."""
     columns, pk = legacy_columns(conn, table), primary_key(conn, table)
     query, args = current_rows(conn, table, columns, pk, exclude)
     rows_table = rows_table_name(table) if pk else None
@@ -317,8 +328,8 @@ def _capture_table(
     with conn.cursor() as cur:
         cur.execute(
             f"INSERT INTO {RUNBOOK_SCHEMA}.baseline (baseline_key, table_name, columns, row_count, checksum, structure, "
-            "run_id, pk_columns, rows_table, attribution_since, excluded, reason) "
-            "VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s)",
+            "run_id, pk_columns, rows_table, attribution_since, excluded, reason, migration_since) "
+            "VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s, %s)",
             (
                 key,
                 table,
@@ -329,9 +340,10 @@ def _capture_table(
                 run_id,
                 pk,
                 rows_table,
-                since,
+                times[0],
                 json.dumps({exclude[0]: exclude[1]} if exclude else {}),
                 reason,
+                times[1],
             ),
         )
     return dict(rows=rows, checksum=checksum, per_row=bool(pk))

@@ -87,9 +87,10 @@ def app_touched_sql(conn: Any, since: Any, alias: str = "p") -> str:
 
 
 def baseline_since(conn: Any, key: str) -> Any:
-    """The time from which a changed profile counts as the application's write (the baseline's)."""
+    """The time from which a changed profile counts as the application's write: the first baseline's, taken before
+    the migration's first write (a re-baseline moves the legacy reference, not the migration's start)."""
     entry = read_baseline(conn, key).get("public.profiles") or {}
-    return entry.get("attribution_since")
+    return entry.get("migration_since") or entry.get("attribution_since")
 
 
 def _mismatches(conn: Any, query: str, params: dict[str, Any], limit: int) -> tuple[int, int, list[Any]]:

@@ -82,17 +82,24 @@ def secrets_of(params: dict[str, Any]) -> list[str]:
     return found
 
 
+def connection_lost(sqlstate: str) -> bool:
+    """SQLSTATEs that mean the session is gone, not that the statement was wrong: class 08 (connection exception)
+    and 57P01-57P05 (the server shut down, crashed, is starting up, or ended an idle session) - a restart sends
+    57P01 before it closes the connection."""
+    return sqlstate.startswith("08") or sqlstate.startswith("57P")
+
+
 def describe_failure(exc: BaseException) -> tuple[str, dict[str, Any]]:
     """One line for fail_json, plus structured details (not yet redacted)."""
     if isinstance(exc, OperatorError):
         return str(exc), dict(exc.details)
     if HAS_PSYCOPG and isinstance(exc, psycopg.Error):
         state = getattr(exc, "sqlstate", None)
-        if state is None:
+        if state is None or connection_lost(state):
             return (
                 f"the connection to PostgreSQL broke ({first_line(exc)}): the server restarted or the network dropped; "
                 "nothing of the interrupted step was committed - re-run to resume (completed batches are kept)",
-                {},
+                dict(sqlstate=state) if state else {},
             )
         return (
             f"PostgreSQL error {state}: {first_line(exc)} -- nothing of the failed step was committed; fix the cause "
