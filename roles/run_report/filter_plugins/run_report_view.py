@@ -153,9 +153,13 @@ def _ticks(span: float) -> list[dict[str, Any]]:
             for i in range(count + 1)]  # fmt: skip
 
 
-def budget_results(entries: list[dict[str, Any]], budgets: list[dict[str, Any]], dry_run: bool) -> list[dict[str, Any]]:
-    """Each budget measured: the span from its first phase's start to its last phase's end, met or missed, in words."""
+def budget_results(
+    entries: list[dict[str, Any]], budgets: list[dict[str, Any]], dry_run: bool, recorded: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Each budget measured: the span from its first phase's start to its last phase's end, met or missed, in words.
+    A measure run.json already holds (`budgets`, written when the record is closed) is the one shown."""
     by_name = {e["name"]: e for e in entries}
+    closed = {b.get("id"): b for b in recorded or [] if isinstance(b, dict) and b.get("seconds") is not None}
     results = []
     for budget in budgets or []:
         names = [str(n) for n in budget.get("phases") or []]
@@ -164,7 +168,10 @@ def budget_results(entries: list[dict[str, Any]], budgets: list[dict[str, Any]],
         start, end = _span(ran)
         unfinished = [e["name"] for e in ran if not parse_time(e.get("finished_at"))]
         seconds = (end - start).total_seconds() if start and end and not unfinished else None
-        result = dict(id=budget.get("id"), name=budget.get("name") or budget.get("id"), minutes=budget.get("minutes"),
+        if budget.get("id") in closed and not unfinished:
+            seconds = float(closed[budget.get("id")]["seconds"])
+        name = str(budget.get("name") or budget.get("id"))
+        result = dict(id=budget.get("id"), name=name, label=_label(name), minutes=budget.get("minutes"),
                       limit_seconds=limit, phases=names, ran=[e["name"] for e in ran],
                       missing=[n for n in names if n not in by_name], seconds=seconds, met=None,
                       start=_iso(start), end=_iso(end))  # fmt: skip
@@ -185,6 +192,12 @@ def budget_results(entries: list[dict[str, Any]], budgets: list[dict[str, Any]],
         result["tone"] = "ok" if result["met"] else ("bad" if result["met"] is False else "warn")
         results.append(result)
     return results
+
+
+def _label(name: str) -> str:
+    """A budget's name as the timeline's left column can hold it: before any parenthesis, at most 30 characters."""
+    head = name.split(" (", 1)[0].strip() or name
+    return head if len(head) <= 30 else head[:29] + "\u2026"
 
 
 def _gauge(result: dict[str, Any]) -> dict[str, Any]:
@@ -217,7 +230,7 @@ def timeline(run: dict[str, Any], extras: dict[str, Any], budgets: list[dict[str
                          summary=text(entry.get("summary")), start_short=_short(begin, start), end_short=_short(finish, start),
                          bad=str(entry.get("status")) in BAD_STATUSES, y=30 + index * ROW, x=x, w=w,
                          note_x=round(x + w + 4 if after else x - 4, 1), note_anchor="start" if after else "end"))  # fmt: skip
-    measured = budget_results(entries, budgets, bool(run.get("check_mode")))
+    measured = budget_results(entries, budgets, bool(run.get("check_mode")), run.get("budgets"))
     top = 30 + len(rows) * ROW + 8
     for index, result in enumerate(measured):
         first, last = parse_time(result["start"]), parse_time(result["end"])
