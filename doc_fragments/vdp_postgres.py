@@ -46,7 +46,7 @@ options:
   login_db:
     description: Database name (C(PGDATABASE) when omitted).
     type: str
-    aliases: [db, dbname]
+    aliases: [dbname]
   ssl_mode:
     description: libpq C(sslmode).
     type: str

@@ -51,8 +51,14 @@ options:
     description: When the phase started (ISO 8601, UTC); default the time it was first marked running.
     type: str
   budget_seconds:
-    description: The phase's time budget from the seed (schema window, deploy, validation), to say whether it was met.
+    description: The phase's own time budget, to say whether it was met (the rehearsal's, against the window).
     type: float
+  budgets:
+    description:
+      - With I(state=finished), the seed's time budgets (vdp_budgets) - each is measured from the first start to the
+        last end of its I(phases) that ran and written to C(run.json) as C(budgets) with C(seconds) and C(met).
+    type: list
+    elements: dict
   operator:
     description: Who runs it (user@host or the AWX job and launcher).
     type: str
@@ -101,6 +107,12 @@ phase_file:
   description: Path of the phase's record file.
   returned: when state=recorded
   type: str
+budgets:
+  description: Each budget with the measured C(seconds) and whether it was C(met) (C(null) when its phases did not run).
+  returned: when state=finished
+  type: list
+  elements: dict
+  sample: [{id: maintenance_window, name: Maintenance window, minutes: 30, phases: [schema, data], seconds: 41.2, met: true}]
 """
 
 from typing import Any
@@ -121,6 +133,7 @@ def argument_spec() -> dict[str, Any]:
         record=dict(type="dict"),
         started_at=dict(type="str"),
         budget_seconds=dict(type="float"),
+        budgets=dict(type="list", elements="dict"),
         operator=dict(type="str"),
         project_dir=dict(type="path"),
         environment=dict(type="str"),

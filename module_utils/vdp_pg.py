@@ -71,7 +71,7 @@ def pg_connection_argument_spec() -> dict[str, Any]:
         login_port=dict(type="int", aliases=["port"], fallback=(_env_int, ["PGPORT"])),
         login_user=dict(type="str", aliases=["user"], fallback=(_env, ["PGUSER"])),
         login_password=dict(type="str", no_log=True, aliases=["password"], fallback=(_env, ["PGPASSWORD"])),
-        login_db=dict(type="str", aliases=["db", "dbname"], fallback=(_env, ["PGDATABASE"])),
+        login_db=dict(type="str", aliases=["dbname"], fallback=(_env, ["PGDATABASE"])),
         ssl_mode=dict(
             type="str",
             default="prefer",

@@ -131,11 +131,27 @@ def record_phase(p: dict[str, Any]) -> dict[str, Any]:
     return dict(run_json=path, phase_file=phase_file)
 
 
+def budget_status(phases: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
+    """One time budget of the seed (e.g. the 30 min window for schema + data) against this run: measured from the
+    first start to the last end of its phases that ran; met is None when none of them ran (or one is unfinished)."""
+    ran = [phases[name] for name in budget.get("phases", []) if name in phases]
+    starts = [t for t in (_parse(e.get("started_at")) for e in ran) if t is not None]
+    ends = [t for t in (_parse(e.get("finished_at")) for e in ran) if t is not None]
+    entry = dict(id=budget.get("id"), name=budget.get("name"), minutes=budget.get("minutes"),
+                 phases=[name for name in budget.get("phases", []) if name in phases], seconds=None, met=None)
+    if ran and len(starts) == len(ends) == len(ran):
+        entry["seconds"] = round((max(ends) - min(starts)).total_seconds(), 1)
+        entry["met"] = entry["seconds"] <= float(budget.get("minutes") or 0) * 60
+    return entry
+
+
 def close_run(p: dict[str, Any]) -> dict[str, Any]:
     path = os.path.join(p["run_dir"], RUN_JSON)
     run = read_json(path) or dict(run_id=p["run_id"], phases={})
     run.update(finished_at=now(), updated_at=now(), outcome=p.get("status") or "finished")
     if p.get("summary"):
         run["verdict"] = p["summary"]
+    if p.get("budgets") is not None:
+        run["budgets"] = [budget_status(run.get("phases", {}), b) for b in p["budgets"]]
     write_json(path, run)
-    return dict(run_json=path)
+    return dict(run_json=path, budgets=run.get("budgets", []))

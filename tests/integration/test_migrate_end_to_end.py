@@ -1,46 +1,151 @@
-"""migrate.yml, the product's entry point, end to end on the sandbox: --check, a real run, a second run."""
+"""migrate.yml, the product's entry point, end to end on the sandbox with the real stand-in app as the deploy target:
+--check, a real run, a second run; and a failure injected in each of schema, data, deploy and validate, after which
+the automatic rollback must leave the legacy data exactly as before (checked here without the runbook's code) and
+the app on its previous release."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
-from tests.support.engine import fingerprint
+from tests.support.engine import MIGRATION_FLAGS, fingerprint, legacy_content, legacy_layout
 from tests.support.sandbox import Sandbox
+from tests.support.standin import StandIn, app_vars
 from tests.support.world import play, recap, record
 
-PHASES = ["preflight", "backup", "rehearsal", "schema", "data", "validate"]
+PHASES = ["preflight", "backup", "rehearsal", "maintenance", "schema", "data", "deploy", "validate", "monitor"]
 
 
-def test_check_mode_then_real_run_then_no_op(sandbox: Sandbox, world: dict[str, Any]) -> None:
+@pytest.fixture
+def app(world: dict[str, Any], tmp_path: Path) -> Iterator[StandIn]:
+    """The stand-in virtue app on the world's (legacy) production database, on release legacy-1."""
+    standin = StandIn(tmp_path / "standin", world["vdp_production_db"])
+    yield standin
+    standin.stop()
+
+
+def _flags(db: dict[str, Any]) -> dict[str, bool]:
+    with psycopg.connect(**db) as conn:
+        return dict(conn.execute("SELECT flag_name, enabled FROM public.feature_flags WHERE flag_name = ANY(%s)",
+                                 (list(MIGRATION_FLAGS),)).fetchall())
+
+
+def _notices(world: dict[str, Any]) -> dict[str, list[str]]:
+    """Each notice sent in this run, with the channels that took it."""
+    path = world["run_dir"] / "notices.json"
+    entries = json.loads(path.read_text()) if path.exists() else []
+    return {n["notice"]: [c["channel"] for c in n["channels"] if c["status"] == "sent"] for n in entries}
+
+
+def test_check_mode_then_real_run_then_no_op(sandbox: Sandbox, world: dict[str, Any], app: StandIn, tmp_path: Path) -> None:
     prod, stg = world["vdp_production_db"], world["vdp_staging_db"]
-    before = fingerprint(prod, physical=True)
+    settings = app_vars(world, app, tmp_path)
+    before, app_before = fingerprint(prod, physical=True), app.call("GET", "/admin/state", admin=True)[1]
 
-    # --check: every phase runs what it can read-only; production is not touched, not even rewritten in place.
-    checked = play(sandbox, world, "migrate.yml", "--check")
+    # --check: every phase runs what it can read-only; production and the app are not touched.
+    checked = play(sandbox, world, "migrate.yml", "-e", f"@{settings}", "--check")
     assert checked.returncode == 0, checked.stdout[-4000:]
     assert fingerprint(prod, physical=True) == before, "--check wrote to production"
+    assert app.call("GET", "/admin/state", admin=True)[1] == app_before, "--check changed the app"
     with psycopg.connect(**sandbox.pg("staging", "postgres")) as c:
         assert c.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (stg["dbname"],)).fetchone()[0] == 0
+    assert "=> dry run: would migrate" in checked.stdout
 
-    # The real run migrates and validates, and says so in the run record.
-    first = play(sandbox, world, "migrate.yml")
+    # The real run: every phase in order, the app on the new release with the flags on, the notices sent.
+    first = play(sandbox, world, "migrate.yml", "-e", f"@{settings}")
     assert first.returncode == 0, first.stdout[-4000:]
     run = record(world, "run")
-    assert all(phase in run["phases"] for phase in PHASES), sorted(run["phases"])
-    assert run["phases"]["rehearsal"]["status"] == "go" and record(world, "rehearsal")["go"] is True
+    assert [p for p in run["phases"] if p in PHASES] == PHASES, list(run["phases"])
+    assert all(run["phases"][p]["status"] in ("ok", "go", "passed") for p in PHASES), run["phases"]
     validate = record(world, "validate")
-    assert run["phases"]["validate"]["status"] == "passed" and validate["valid"] is True and validate["failed_checks"] == []
-    assert (world["run_dir"] / "run.md").read_text().count("| validate | passed |") == 1
-    assert "validate           passed" in first.stdout  # the summary the operator reads
+    assert validate["valid"] is True and validate["failed_checks"] == []
+    health = app.call("GET", "/health")[1]
+    assert (health["version"], health["maintenance"], health["model"]) == ("org-2.0", False, "organizational")
+    assert _flags(prod) == dict.fromkeys(MIGRATION_FLAGS, True)
+    assert record(world, "monitor")["verdict"] == "pass"
+    assert {"maintenance_start", "completion"} <= set(_notices(world)), _notices(world)
+    assert "validate           passed" in first.stdout and "=> migrated 2000 profiles" in first.stdout
     with psycopg.connect(**prod) as c:
         assert c.execute("SELECT count(*) FROM public.profiles WHERE organization_id IS NULL").fetchone()[0] == 0
 
-    # A second run is a no-op: nothing reported changed, no row written, backup and rehearsal skipped.
-    after_first = fingerprint(prod, physical=True)
-    second = play(sandbox, world, "migrate.yml")
+    # A second run is a no-op: nothing reported changed, no row written, no maintenance window, no notice. Its smoke
+    # check still signs a user in, and the app records sign-ins (as Supabase's auth does): that write is the app's,
+    # not the runbook's, so the app stops recording them here to show that the runbook itself writes nothing.
+    assert app.call("POST", "/admin/state", {"record_sign_ins": False}, admin=True)[0] == 200
+    after_first, app_after_first = fingerprint(prod, physical=True), app.call("GET", "/admin/state", admin=True)[1]
+    second = play(sandbox, world, "migrate.yml", "-e", f"@{settings}", "-e", "vdp_run_id=second-run",
+                  "-e", f"vdp_run_dir={world['run_dir'].parent / 'second-run'}")
     assert second.returncode == 0, second.stdout[-4000:]
     assert recap(second.stdout)["changed"] == 0, second.stdout[-4000:]
     assert fingerprint(prod, physical=True) == after_first, "the second run wrote rows"
-    assert record(world, "preflight")["migration"]["state"] == "applied"
+    assert app.call("GET", "/admin/state", admin=True)[1] == app_after_first, "the second run changed the app"
+    rerun = json.loads((world["run_dir"].parent / "second-run" / "run.json").read_text())
+    assert "maintenance" not in rerun["phases"] and "backup" not in rerun["phases"], list(rerun["phases"])
+    assert "=> already migrated; org-2.0 already live; validation passed; monitor gate: pass" in second.stdout
+
+
+# Where the failure comes from, and which rollback strategy the inventory chose. The data failure is a real one (a
+# trigger of the application's refusing the profile update); deploy's is the new release failing its sign-in smoke
+# check; schema and validate use the runbook's rollback drill (vdp_rollback_drill), which fails after the phase.
+FAILURES = {
+    "schema": dict(strategy="flags", args=["-e", "vdp_rollback_drill=schema"], error="Rollback drill"),
+    "data": dict(strategy="extended", args=[], error="refuses organizational membership"),
+    "deploy": dict(strategy="full", args=[], error="smoke checks failed"),
+    "validate": dict(strategy="flags", args=["-e", "vdp_rollback_drill=validate"], error="Rollback drill"),
+}
+
+_REFUSING_TRIGGER = """
+CREATE FUNCTION public.app_refuses_membership() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF to_jsonb(NEW) ->> 'organization_id' IS NOT NULL AND to_jsonb(OLD) ->> 'organization_id' IS NULL THEN
+    RAISE EXCEPTION 'the application refuses organizational membership';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER app_refuses_membership BEFORE UPDATE ON public.profiles
+FOR EACH ROW EXECUTE FUNCTION public.app_refuses_membership();
+"""
+
+
+@pytest.mark.parametrize("phase", list(FAILURES))
+def test_a_failure_after_maintenance_start_is_rolled_back(sandbox: Sandbox, world: dict[str, Any], app: StandIn,
+                                                          tmp_path: Path, phase: str) -> None:
+    prod, case = world["vdp_production_db"], FAILURES[phase]
+    if phase == "data":
+        with psycopg.connect(**prod, autocommit=True) as c:
+            c.execute(_REFUSING_TRIGGER)
+    if phase == "deploy":
+        assert app.call("POST", "/admin/faults", {"fail_logins": True}, admin=True)[0] == 200
+    layout = legacy_layout(prod)
+    before = legacy_content(prod, layout)
+    settings = app_vars(world, app, tmp_path, vdp_rollback_strategy=case["strategy"],
+                        vdp_rollback_confirm="I understand this overwrites production" if case["strategy"] == "full" else "")
+
+    # The rehearsal is skipped (its own tests cover it): the failure must reach production to be rolled back.
+    proc = play(sandbox, world, "migrate.yml", "-e", f"@{settings}", "--skip-tags", "rehearsal", *case["args"])
+    assert proc.returncode != 0, proc.stdout[-4000:]
+    assert case["error"] in proc.stdout and f"ROLLBACK ({case['strategy']}): done" in proc.stdout, proc.stdout[-5000:]
+
+    # The legacy data is exactly as before, by a computation that shares no code with the runbook.
+    assert legacy_content(prod, layout) == before
+    run, rollback = record(world, "run"), record(world, "rollback")
+    assert run["phases"][phase]["status"] in ("FAILED", "failed"), run["phases"]
+    assert run["phases"]["rollback"]["status"] == "ok" and rollback["automatic"] is True and rollback["proof"]["ok"] is True
+    assert rollback["strategy"] == case["strategy"] and rollback["reason"].startswith(phase)
+
+    # The app is back on its recorded release, out of maintenance; the flags are off (or gone with a full restore).
+    health = app.call("GET", "/health")[1]
+    assert (health["version"], health["maintenance"], health["model"]) == ("legacy-1", False, "legacy"), health
+    assert not any(_flags(prod).values()), _flags(prod)
+    assert "failure" in _notices(world) and "completion" not in _notices(world), _notices(world)
+    if case["strategy"] == "extended":
+        with psycopg.connect(**prod) as c:
+            assert c.execute("SELECT to_regclass('public.organizations')").fetchone()[0] is None
+            assert c.execute("SELECT count(*) FROM vdp_runbook.reverted_organizations").fetchone()[0] >= 1
+    if case["strategy"] == "full":
+        assert "production restored from" in run["phases"]["rollback"]["summary"]

@@ -200,3 +200,40 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, step: float
             return True
         time.sleep(step)
     return False
+
+
+# --------------------------------------------------------------------------- legacy content, independently of the runbook
+
+MIGRATION_FLAGS = ("organizational_model", "multi_role_support")
+
+
+def legacy_layout(info: dict[str, Any]) -> dict[str, list[str]]:
+    """Every table of auth and public with its columns, as they are now (call it before a migration)."""
+    found: dict[str, list[str]] = {}
+    for schema, table, column in rows(
+        info,
+        "SELECT c.table_schema, c.table_name, c.column_name FROM information_schema.columns c "
+        "JOIN information_schema.tables t USING (table_schema, table_name) "
+        "WHERE c.table_schema IN ('auth', 'public') AND t.table_type = 'BASE TABLE' ORDER BY 1, 2, c.ordinal_position",
+    ):
+        found.setdefault(f"{schema}.{table}", []).append(column)
+    return found
+
+
+def legacy_content(info: dict[str, Any], layout: dict[str, list[str]]) -> dict[str, str]:
+    """Row count and an order-independent hash of exactly the `layout` columns of each `layout` table (the
+    migration's own feature flags left out): what "the legacy data is as before" means, computed without any of
+    the runbook's code."""
+    result: dict[str, str] = {}
+    with connect(info, autocommit=False) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        for table, columns in layout.items():
+            schema, name = table.split(".")
+            where = sql.SQL("WHERE flag_name <> ALL(%s)") if table == "public.feature_flags" else sql.SQL("")
+            query = sql.SQL(
+                "SELECT count(*), coalesce(sum(('x' || left(md5(row({})::text), 15))::bit(60)::bigint::numeric), 0) FROM {} {}"
+            ).format(sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(schema, name), where)
+            n, total = conn.execute(query, [list(MIGRATION_FLAGS)] if table == "public.feature_flags" else None).fetchone()
+            result[table] = f"{n}:{total}"
+        conn.rollback()
+    return result

@@ -167,13 +167,13 @@ def test_a_survey_variable_no_role_declares_is_caught() -> None:
 
 def test_survey_defaults_are_the_runbooks_own(objects: dict[str, Any]) -> None:
     """A default stated twice drifts: each one is checked against the place the runbook states it."""
-    rehearsal = load_yaml(ROOT / "roles" / "rehearsal" / "defaults" / "main.yml")
+    budgets = load_yaml(ROOT / "roles" / "run_context" / "defaults" / "main.yml")["run_context_budgets"]
     monitor = awx.role_options("monitor")["monitor_period_seconds"][0]
     rollback = load_yaml(ROOT / "roles" / "rollback" / "defaults" / "main.yml")
     expected = {
         "vdp_batch_size": names.BATCH_SIZE,
         "vdp_capacity_policy": names.CAPACITY_POLICY,
-        "rehearsal_window_budget_minutes": rehearsal["rehearsal_window_budget_minutes"],
+        "rehearsal_window_budget_minutes": next(b["minutes"] for b in budgets if b["id"] == "maintenance_window"),
         "monitor_period_seconds": monitor["default"],
         "rollback_strategy": awx.render_default(rollback["rollback_strategy"]),
     }
