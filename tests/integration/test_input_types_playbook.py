@@ -19,6 +19,8 @@ from tests.support.engine import apply_schema, fingerprint, login, scalar
 from tests.support.sandbox import Sandbox
 from tests.support.world import play
 
+pytestmark = pytest.mark.slow  # ansible-playbook runs against the sandbox
+
 NAME = "org_data_migration_organization.name must be text"
 FLAGS = "vdp_feature_flags must be a list of flag names, each text"
 

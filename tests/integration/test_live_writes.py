@@ -25,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.support.attack import failure_of, migrated, restart_production, start_playbook, wait_for
 from tests.support.engine import apply_schema, rows, scalar
 from tests.support.sandbox import Sandbox
 from tests.support.world import play, record
+
+pytestmark = pytest.mark.slow  # ansible-playbook runs against the sandbox
 
 USERS = 2000
 SLOW_DATA = ["-e", "vdp_batch_size=50", "-e", "org_data_migration_pause_between_batches=0.3"]

@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.support.attack import failure_of
 from tests.support.engine import scalar
 from tests.support.sandbox import Sandbox
 from tests.support.world import play
+
+pytestmark = pytest.mark.slow  # ansible-playbook runs against the sandbox
 
 RETRIES = 3  # 4 attempts
 

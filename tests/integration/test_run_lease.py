@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.attack import (
     elapsed,
     failure_of,
@@ -40,6 +42,8 @@ from tests.support.attack import (
 from tests.support.engine import apply_schema, clone, drop, full_migration, login, migrated_state, scalar
 from tests.support.sandbox import Sandbox
 from tests.support.world import play, recap, record
+
+pytestmark = pytest.mark.slow  # ansible-playbook runs against the sandbox
 
 # migrate.yml's phases up to validation (the app deploy and monitor gate have their own tests and targets).
 PHASES = ["--tags", "preflight,backup,rehearsal,schema,data,validate"]
