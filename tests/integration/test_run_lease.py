@@ -92,7 +92,9 @@ def test_a_second_run_fails_at_once_naming_the_first_and_never_touches_staging(
     run = record(world, "run")
     assert run["phases"]["rehearsal"]["status"] == "go" and run["phases"]["validate"]["status"] == "passed"
     assert [e for e in lease_log(prod) if e[0] == "second-run"] == [], "the refused run wrote to the lease log"
-    assert lease(prod)["run_id"] == first_id  # type: ignore[index] - the refused run did not release the first's
+    released = lease(prod)  # by the first run's report (also under --tags), never by the refused run
+    assert released is not None and released["run_id"] == first_id and released["released_at"] is not None
+    assert [e[1] for e in lease_log(prod) if e[0] == first_id] == ["taken", "released"]
 
 
 def test_a_crashed_run_leaves_a_stale_lease_that_is_resumed_or_taken_over_only_explicitly(
