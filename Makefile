@@ -14,15 +14,18 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 USERS ?= 10000
 SHAPE ?= supabase
 INVENTORY ?= inventories/local/hosts.yml
+RUN ?=
+STRATEGY ?= flags
 ARGS ?=
 PLAY := $(BIN)/ansible-playbook -i $(INVENTORY) $(ARGS)
 
 .PHONY: help bootstrap demo test lint pytest molecule sandbox-up sandbox-down sandbox-status sandbox-reset \
-        fixture preflight migrate dry-run status stop report bench clean
+        fixture preflight migrate dry-run status stop rollback report bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
-	@echo "  (USERS=$(USERS) SHAPE=$(SHAPE) for demo/fixture/bench; INVENTORY=$(INVENTORY) ARGS='...' for playbooks)"
+	@echo "  (USERS=$(USERS) SHAPE=$(SHAPE) for demo/fixture/bench; INVENTORY=$(INVENTORY) ARGS='...' for playbooks;"
+	@echo "   RUN=<run id> STRATEGY=$(STRATEGY) for rollback)"
 
 bootstrap: ## Install what the demo and the tests need (idempotent)
 	@bash scripts/bootstrap.sh
@@ -58,6 +61,10 @@ status: bootstrap ## Where a running or interrupted migration stands (INVENTORY)
 stop: bootstrap ## Ask the running migration to stop cleanly between batches (INVENTORY)
 	$(PLAY) playbooks/stop.yml
 
+rollback: bootstrap ## Roll run RUN back with STRATEGY=flags|extended|full (full also needs ARGS='-e rollback_confirm=...')
+	@test -n "$(RUN)" || { echo "make rollback needs RUN=<the migration's run id> (ls artifacts/runs/)"; exit 2; }
+	$(PLAY) playbooks/rollback.yml -e vdp_run_id=$(RUN) -e rollback_strategy=$(STRATEGY)
+
 demo: fixture ## Sandbox + legacy platform + migrate.yml end to end, then the run record's path (run.html last)
 	@start=$$(date +%s); rc=0; \
 	$(BIN)/ansible-playbook migrate.yml || rc=$$?; \
@@ -79,8 +86,9 @@ molecule: bootstrap ## The Molecule scenario alone (converge + idempotence)
 test: bootstrap ## Everything CI runs: lint + pytest + Molecule; non-zero on any failure
 	bash scripts/test.sh
 
-bench: sandbox-up ## Benchmarks against raw psql / pg_dump (USERS=1000000 for the full size; not part of make test)
-	bash scripts/bench.sh $(USERS)
+bench: BENCH_USERS = $(if $(filter command line,$(origin USERS)),$(USERS),1000000)
+bench: sandbox-up ## Project vs the seed's psql / pg_dump / pg_restore, same data, one run: benchmarks/results/ (1M users; USERS=100000 quick)
+	bash scripts/bench.sh $(BENCH_USERS) $(BENCH_ARGS)
 
 clean: sandbox-down ## Stop the sandbox and delete it and the run records
 	rm -rf .sandbox artifacts

@@ -6,7 +6,10 @@ the app on its previous release."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -89,45 +92,68 @@ def test_check_mode_then_real_run_then_no_op(sandbox: Sandbox, world: dict[str, 
     assert "=> already migrated; org-2.0 already live; validation passed; monitor gate: pass" in second.stdout
 
 
-# Where the failure comes from, and which rollback strategy the inventory chose. The data failure is a real one (a
-# trigger of the application's refusing the profile update); deploy's is the new release failing its sign-in smoke
+# Where the failure comes from, and which rollback strategy the inventory chose. The data failure is a real one: a
+# session of the application's holds a lock on profiles from the moment the data phase starts, and the membership
+# batch gives up after its lock-wait retries (set short here); deploy's is the new release failing its sign-in smoke
 # check; schema and validate use the runbook's rollback drill (vdp_rollback_drill), which fails after the phase.
 FAILURES = {
     "schema": dict(strategy="flags", args=["-e", "vdp_rollback_drill=schema"], error="Rollback drill"),
-    "data": dict(strategy="extended", args=[], error="refuses organizational membership"),
+    "data": dict(strategy="extended", args=["-e", "vdp_lock_retries=1", "-e", "vdp_batch_size=200"], error="blocked by"),
     "deploy": dict(strategy="full", args=[], error="smoke checks failed"),
     "validate": dict(strategy="flags", args=["-e", "vdp_rollback_drill=validate"], error="Rollback drill"),
 }
 
-_REFUSING_TRIGGER = """
-CREATE FUNCTION public.app_refuses_membership() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF to_jsonb(NEW) ->> 'organization_id' IS NOT NULL AND to_jsonb(OLD) ->> 'organization_id' IS NULL THEN
-    RAISE EXCEPTION 'the application refuses organizational membership';
-  END IF;
-  RETURN NEW;
-END $$;
-CREATE TRIGGER app_refuses_membership BEFORE UPDATE ON public.profiles
-FOR EACH ROW EXECUTE FUNCTION public.app_refuses_membership();
-"""
+
+@contextmanager
+def lock_profiles_when_data_starts(world: dict[str, Any]) -> Iterator[threading.Event]:
+    """A session that takes SHARE lock on public.profiles (reads go on, updates wait) as soon as run.json says the
+    data phase is running, and ends its transaction when the rollback starts (the app's long transaction is over).
+    Yields an event set once the lock is held."""
+    held, done = threading.Event(), threading.Event()
+    run_json = world["run_dir"] / "run.json"
+
+    def phases() -> dict[str, Any]:
+        try:
+            return json.loads(run_json.read_text()).get("phases", {})
+        except (OSError, ValueError):
+            return {}
+
+    def hold() -> None:
+        while not done.is_set() and "data" not in phases():
+            time.sleep(0.02)
+        with psycopg.connect(**world["vdp_production_db"], application_name="the app, holding profiles") as conn:
+            conn.execute("LOCK TABLE public.profiles IN SHARE MODE")
+            held.set()
+            while not done.is_set() and "rollback" not in phases():
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    try:
+        yield held
+    finally:
+        done.set()
+        thread.join(30)
 
 
 @pytest.mark.parametrize("phase", list(FAILURES))
 def test_a_failure_after_maintenance_start_is_rolled_back(sandbox: Sandbox, world: dict[str, Any], app: StandIn,
                                                           tmp_path: Path, phase: str) -> None:
     prod, case = world["vdp_production_db"], FAILURES[phase]
-    if phase == "data":
-        with psycopg.connect(**prod, autocommit=True) as c:
-            c.execute(_REFUSING_TRIGGER)
     if phase == "deploy":
         assert app.call("POST", "/admin/faults", {"fail_logins": True}, admin=True)[0] == 200
+    # The smoke check signs a user in, and the app records sign-ins as Supabase's auth does: an application write the
+    # runbook's proof attributes (tests/integration/test_live_writes.py). Off here, so that "as before" is exact.
+    assert app.call("POST", "/admin/state", {"record_sign_ins": False}, admin=True)[0] == 200
     layout = legacy_layout(prod)
     before = legacy_content(prod, layout)
     settings = app_vars(world, app, tmp_path, vdp_rollback_strategy=case["strategy"],
                         vdp_rollback_confirm="I understand this overwrites production" if case["strategy"] == "full" else "")
 
     # The rehearsal is skipped (its own tests cover it): the failure must reach production to be rolled back.
-    proc = play(sandbox, world, "migrate.yml", "-e", f"@{settings}", "--skip-tags", "rehearsal", *case["args"])
+    with lock_profiles_when_data_starts(world) if phase == "data" else nullcontext() as held:
+        proc = play(sandbox, world, "migrate.yml", "-e", f"@{settings}", "--skip-tags", "rehearsal", *case["args"])
+    assert held is None or held.is_set(), "the data phase never started"
     assert proc.returncode != 0, proc.stdout[-4000:]
     assert case["error"] in proc.stdout and f"ROLLBACK ({case['strategy']}): done" in proc.stdout, proc.stdout[-5000:]
 
@@ -149,3 +175,23 @@ def test_a_failure_after_maintenance_start_is_rolled_back(sandbox: Sandbox, worl
             assert c.execute("SELECT count(*) FROM vdp_runbook.reverted_organizations").fetchone()[0] >= 1
     if case["strategy"] == "full":
         assert "production restored from" in run["phases"]["rollback"]["summary"]
+
+
+def test_a_setting_a_later_phase_needs_stops_the_run_before_anything_changes(sandbox: Sandbox, world: dict[str, Any],
+                                                                             app: StandIn, tmp_path: Path) -> None:
+    """No release to deploy, or an automatic full rollback nobody authorised: found after the window, either would
+    roll back a healthy migration - so the run stops right after preflight, before the backup."""
+    prod = world["vdp_production_db"]
+    before = fingerprint(prod, physical=True)
+    for name, extra, message in (
+        ("no-release", dict(vdp_app=dict(platform="none", base_url=app.url, admin_token="x", release="")), "Nothing to deploy"),
+        ("full-unconfirmed", dict(vdp_rollback_strategy="full"), "I understand this overwrites production"),
+    ):
+        settings = app_vars(world, app, tmp_path, name=name, **extra)
+        proc = play(sandbox, world, "migrate.yml", "-e", f"@{settings}", "-e", f"vdp_run_id={name}",
+                    "-e", f"vdp_run_dir={world['run_dir'].parent / name}")
+        assert proc.returncode != 0 and message in proc.stdout, proc.stdout[-3000:]
+        phases = json.loads((world["run_dir"].parent / name / "run.json").read_text())["phases"]
+        assert list(phases) == ["preflight"], phases
+    assert fingerprint(prod, physical=True) == before
+    assert app.call("GET", "/health")[1]["maintenance"] is False

@@ -106,3 +106,20 @@ def test_roles_that_name_the_feature_flags_name_the_modules() -> None:
     assert [f.strip().strip("'\"") for f in fallback.group(1).split(",")] == list(names.FEATURE_FLAGS)
     spec = yaml.safe_load((ROOT / "roles/app_deploy/meta/argument_specs.yml").read_text())
     assert spec["argument_specs"]["main"]["options"]["app_deploy_feature_flags"]["default"] == list(names.FEATURE_FLAGS)
+
+
+def test_readme_states_the_roles_run_wide_defaults() -> None:
+    """The run-wide knobs a role defines (the rollback strategy, the time budgets): the README says the same."""
+    knobs = readme_knobs()
+    rollback = yaml.safe_load((ROOT / "roles" / "rollback" / "defaults" / "main.yml").read_text())
+    strategy = re.fullmatch(r"\{\{ vdp_rollback_strategy \| default\('(\w+)'\) \}\}", rollback["rollback_strategy"])
+    assert strategy, rollback["rollback_strategy"]
+    assert knobs["vdp_rollback_strategy"] == strategy.group(1)
+    budgets = yaml.safe_load((ROOT / "roles" / "run_context" / "defaults" / "main.yml").read_text())["run_context_budgets"]
+    assert knobs["vdp_budgets"] == " / ".join(str(b["minutes"]) for b in budgets) + " min"
+    monitor = yaml.safe_load((ROOT / "roles" / "monitor" / "defaults" / "main.yml").read_text())
+    row = re.search(r"^\| `monitor_period_seconds` / `monitor_interval_seconds` \| (\d+) / (\d+) \|",
+                    (ROOT / "README.md").read_text(), re.M)
+    assert row, "the README's knobs table lacks the monitor gate's period and interval"
+    assert (int(row.group(1)), int(row.group(2))) == (monitor["monitor_period_seconds"], monitor["monitor_interval_seconds"])
+
