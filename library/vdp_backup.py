@@ -31,11 +31,14 @@ description:
     uploaded (changed=false). I(state=pruned) applies retention (keep the newest I(keep_last) and those younger
     than I(keep_days)); the run's own backup is never deleted.
   - pg_dump must be at least the server's major version; an older one is refused with the fix named.
+  - With I(progress_file), writes the bytes dumped and uploaded as they pass (the dump's size is known only at its end,
+    so there is no ETA; the note gives the database's size on disk).
 version_added: "1.0.0"
 author: Virtue platform team
 extends_documentation_fragment:
   - vdp_postgres
   - vdp_s3
+  - vdp_progress
 options:
   state:
     description: C(present) makes this run's backup; C(pruned) applies retention only.
@@ -236,7 +239,6 @@ from ansible.module_utils.vdp_archive import head_or_none, list_backup_sets, rea
 from ansible.module_utils.vdp_baseline import legacy_snapshot
 from ansible.module_utils.vdp_dump import (
     INCOMING_DIR,
-    MANIFEST_VERSION,
     META_SHA256,
     TAG_SHA256,
     DumpFailure,
@@ -245,11 +247,11 @@ from ansible.module_utils.vdp_dump import (
     MiB,
     SnapshotCounts,
     abort_stale_uploads,
+    build_manifest,
     check_run_id,
     dump_command,
     export_snapshot,
     file_dump,
-    iso,
     publish_copy,
     pump,
     put_manifest,
@@ -265,6 +267,7 @@ from ansible.module_utils.vdp_lifecycle import application_name, run_module
 from ansible.module_utils.vdp_names import TARGET_TABLES
 from ansible.module_utils.vdp_pg import connect, pg_connection_argument_spec, target_from_params
 from ansible.module_utils.vdp_pgtools import pg_tool_path, pg_tool_version, skew_problem
+from ansible.module_utils.vdp_progress import ProgressFile, amount, progress_file
 from ansible.module_utils.vdp_s3 import S3_DICT_OPTIONS, ensure_bucket, s3_argument_spec, s3_client, s3_secrets, validate_tags
 from ansible.module_utils.vdp_workdir import private_workdir, remove_stale
 
@@ -294,6 +297,7 @@ def argument_spec() -> dict[str, Any]:
         force=dict(type="bool", default=False),
         keep_last=dict(type="int"),
         keep_days=dict(type="int"),
+        progress_file=dict(type="path"),
     )
     return spec
 
@@ -368,7 +372,13 @@ def snapshot_checksums(conn: Any) -> dict[str, Any]:
 
 
 def run_dump(
-    module: AnsibleModule, client: Any, cmd: list[str], incoming: str, extra: dict[str, Any], beat: HeartbeatThread
+    module: AnsibleModule,
+    client: Any,
+    cmd: list[str],
+    incoming: str,
+    extra: dict[str, Any],
+    beat: HeartbeatThread,
+    pfile: ProgressFile,
 ) -> Any:
     """Run pg_dump and stream its archive into the multipart upload of `incoming`; returns the UploadResult.
 
@@ -380,7 +390,9 @@ def run_dump(
         "start the upload",
         p,
         p["bucket"],
-        lambda: HashingMultipartWriter(client, p["bucket"], incoming, p["part_size_mb"] * MiB, extra, p["upload_threads"]),
+        lambda: HashingMultipartWriter(
+            client, p["bucket"], incoming, p["part_size_mb"] * MiB, extra, p["upload_threads"], on_write=pfile.update
+        ),
     )
     try:
         if p["mode"] == "stream":
@@ -391,9 +403,11 @@ def run_dump(
                 lambda: stream_dump(cmd, p.get("login_password"), secrets, writer.write, beat.check),
             )
         else:
+            pfile.tick("pg_dump into the work folder")
             file_dump(cmd, p.get("login_password"), secrets)
             beat.check()
             output = cmd[-1]
+            pfile.stage("backup", "bytes", None if p["format"] == "directory" else os.path.getsize(output), 0, "uploading")
             if p["format"] == "directory":
                 s3_call("upload the dump", p, p["bucket"], lambda: tar_directory(output, writer))
             else:
@@ -406,7 +420,7 @@ def run_dump(
 
 
 def dump_to_incoming(
-    module: AnsibleModule, client: Any, conn: Any, pg_dump: str, incoming: str, tables: list[str]
+    module: AnsibleModule, client: Any, conn: Any, pg_dump: str, incoming: str, tables: list[str], pfile: ProgressFile
 ) -> tuple[Any, Any, float]:
     """pg_dump (in the snapshot the counts read) into the incoming upload; (upload, counts, seconds)."""
     p = module.params
@@ -420,7 +434,7 @@ def dump_to_incoming(
         counts.start()
         started = time.monotonic()
         with HeartbeatThread(lambda: connect(beat_params, autocommit=True), p["run_id"]) as beat:
-            upload = run_dump(module, client, cmd, incoming, sse, beat)
+            upload = run_dump(module, client, cmd, incoming, sse, beat, pfile)
         seconds = time.monotonic() - started
         counts.join()
     conn.execute("COMMIT")
@@ -444,7 +458,7 @@ def publish(
     return time.monotonic() - started
 
 
-def make_backup(module: AnsibleModule, client: Any, layout: Layout, result: dict[str, Any]) -> None:
+def make_backup(module: AnsibleModule, client: Any, layout: Layout, result: dict[str, Any], pfile: ProgressFile) -> None:
     p = module.params
     tables = [*LEGACY_TABLES, *TARGET_TABLES] if p["tables"] is None else p["tables"]
     conn = connect(dict(p, application_name=application_name(p, "backup")), autocommit=True)
@@ -474,7 +488,10 @@ def make_backup(module: AnsibleModule, client: Any, layout: Layout, result: dict
         )
         identity = identify(conn, target.dbname).as_dict()
         incoming = layout.incoming_key(key)
-        upload, counts, dump_seconds = dump_to_incoming(module, client, conn, pg_dump, incoming, tables)
+        on_disk = amount(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0], "bytes")
+        pfile.start(None, 0, f"the database is {on_disk} on disk")
+        upload, counts, dump_seconds = dump_to_incoming(module, client, conn, pg_dump, incoming, tables, pfile)
+        pfile.update(upload.size, total=upload.size, note="publishing it, writing the manifest")
         tags = backup_tags(p, target.dbname, upload.sha256)
         publish_seconds = publish(module, client, incoming, key, upload, tags, dump_version)
         manifest = build_manifest(p, layout, key, upload, tags, target, identity, counts, started)
@@ -496,52 +513,6 @@ def make_backup(module: AnsibleModule, client: Any, layout: Layout, result: dict
         result.update(changed=True, size=upload.size, sha256=upload.sha256, tables=counts.counts, manifest=manifest)
     finally:
         conn.close()
-
-
-def build_manifest(
-    p: dict[str, Any],
-    layout: Layout,
-    key: str,
-    upload: Any,
-    tags: dict[str, str],
-    target: Any,
-    identity: dict[str, Any],
-    counts: Any,
-    started: Any,
-) -> dict[str, Any]:
-    finished = utcnow()
-    return {
-        "kind": "vdp-pg-backup",
-        "manifest_version": MANIFEST_VERSION,
-        "run_id": p["run_id"],
-        "bucket": p["bucket"],
-        "key": key,
-        "manifest_key": layout.manifest_key,
-        "format": p["format"],
-        "container": "tar" if p["format"] == "directory" else "pg_dump-custom",
-        "mode": p["mode"],
-        "jobs": p["jobs"] if p["format"] == "directory" else 1,
-        "compress": p["compress"],
-        "size": upload.size,
-        "sha256": upload.sha256,
-        "parts": upload.parts,
-        "part_size": upload.part_size,
-        "sse": p["sse"],
-        "kms_key_id": p.get("kms_key_id") or None,
-        "tags": tags,
-        "source": {"host": target.host, "port": target.port, "dbname": target.dbname, "user": target.user},
-        "source_identity": identity,
-        "database": counts.database,
-        "roles": counts.roles,
-        "tables": counts.counts,
-        "legacy_checksums": counts.legacy_checksums,
-        "tables_absent": counts.absent,
-        "snapshot_consistent": True,
-        "started_at": iso(started),
-        "finished_at": iso(finished),
-        "count_seconds": round(counts.seconds, 3),
-        "duration_seconds": round((finished - started).total_seconds(), 3),
-    }
 
 
 # --------------------------------------------------------------------------- retention
@@ -621,7 +592,8 @@ def work(module: AnsibleModule, _conn: Any, result: dict[str, Any]) -> None:
                 f"run {p['run_id']} already has a backup that is inconsistent: {broken}. "
                 "Start a new run id, or set backup_force: true to replace it"
             )
-    make_backup(module, client, layout, result)
+    with progress_file(p.get("progress_file"), "backup", "bytes", module.check_mode) as pfile:
+        make_backup(module, client, layout, result, pfile)
 
 
 def main() -> None:

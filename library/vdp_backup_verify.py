@@ -18,10 +18,12 @@ description:
     counted, has both its TABLE and TABLE DATA entries.
   - Any mismatch fails the task (the run stops before anything changes), with every problem listed.
   - Read-only - it never changes anything, so it runs the same in check mode and always reports changed=false.
+  - With I(progress_file) (not in check mode), writes the bytes read back of the object's size, the rate and the ETA.
 version_added: "1.0.0"
 author: Virtue platform team
 extends_documentation_fragment:
   - vdp_s3
+  - vdp_progress
 options:
   bucket:
     description: S3 bucket (or I(s3.bucket)); required one way or the other.
@@ -151,6 +153,7 @@ from ansible.module_utils.vdp_errors import OperatorError
 from ansible.module_utils.vdp_legacy import LEGACY_TABLES
 from ansible.module_utils.vdp_lifecycle import run_module
 from ansible.module_utils.vdp_pgtools import pg_tool_path
+from ansible.module_utils.vdp_progress import progress_file
 from ansible.module_utils.vdp_s3 import S3_DICT_OPTIONS, bucket_exists, s3_argument_spec, s3_client
 from ansible.module_utils.vdp_workdir import private_workdir
 
@@ -167,6 +170,7 @@ def argument_spec() -> dict[str, Any]:
         tables=dict(type="list", elements="str"),
         pg_bindir=dict(type="path"),
         workdir=dict(type="path"),
+        progress_file=dict(type="path"),
     )
     return spec
 
@@ -195,7 +199,11 @@ def verify(module: AnsibleModule, _conn: Any, result: dict[str, Any]) -> None:
     major = int(manifest.get("server_version_num") or 0) // 10000 or None
     pg_restore = pg_tool_path("pg_restore", p["pg_bindir"], major)
     started = time.monotonic()
-    with private_workdir("vdp-verify-", p["workdir"]) as workdir:
+    with (
+        private_workdir("vdp-verify-", p["workdir"]) as workdir,
+        progress_file(p.get("progress_file"), "verification", "bytes", module.check_mode) as pfile,
+    ):
+        pfile.start(int(manifest.get("size") or 0) or None, 0, "SHA-256, table of contents, full decode")
         verdict = s3_call(
             "read the backup back",
             p,
@@ -208,8 +216,11 @@ def verify(module: AnsibleModule, _conn: Any, result: dict[str, Any]) -> None:
                 pg_restore,
                 LEGACY_TABLES if p["tables"] is None else p["tables"],
                 workdir,
+                on_read=pfile.update,
             ),
         )
+        if not verdict.ok:
+            pfile.finish("failed", note="the backup FAILED verification")
     result.update(
         verified=verdict.ok,
         key=verdict.key,

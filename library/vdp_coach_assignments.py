@@ -23,11 +23,14 @@ description:
     A batch that fails on one bad row is retried row by row, so one bad row never
     sinks the rest; failed rows are reported and fail the task.
   - A re-run finds no pending pair and writes nothing.
+  - With I(progress_file), writes after each batch the assignments present (those of earlier runs included) of the
+    valid pairs, the rate and the ETA.
   - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
 version_added: "1.0.0"
 extends_documentation_fragment:
   - vdp_postgres
   - vdp_run
+  - vdp_progress
 options:
   organization_slug:
     description: Slug of the organization of the assignments (it must exist).
@@ -129,6 +132,7 @@ from ansible.module_utils.vdp_errors import EngineError
 from ansible.module_utils.vdp_legacy import relationship_classes
 from ansible.module_utils.vdp_lifecycle import engine_argument_spec, lock_policy, run_module, run_options_problem
 from ansible.module_utils.vdp_names import BATCH_SIZE, DEFAULT_ORG_SLUG
+from ansible.module_utils.vdp_progress import ProgressFile, progress_file
 from ansible.module_utils.vdp_target import organization_id, require_organization, require_target_schema, target_schema_missing
 
 
@@ -138,6 +142,7 @@ def argument_spec() -> dict[str, Any]:
         batch_size=dict(type="int", default=BATCH_SIZE),
         sample_limit=dict(type="int", default=20),
         not_converted_file=dict(type="path"),
+        progress_file=dict(type="path"),
     )
 
 
@@ -149,8 +154,9 @@ def validate(params: dict[str, Any]) -> str | None:
     return run_options_problem(params)
 
 
-def run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
+def run(module: AnsibleModule, conn: Any, result: dict[str, Any], pfile: ProgressFile) -> None:
     p = module.params
+    pfile.start(None, 0, "reading the relationships")
     schema_ready = not target_schema_missing(conn)
     org_id = organization_id(conn, p["organization_slug"]) if schema_ready else None
     if not module.check_mode or schema_ready:
@@ -181,9 +187,17 @@ def run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
     if module.check_mode:
         result.update(inserted=plan["pending"], changed=plan["pending"] > 0)
         return
+    pfile.stage("assignments", "pairs", plan["valid_pairs"], plan["already_present"])
     if plan["pending"] == 0:
         drop_pairs(conn)
         return
+    insert(module, conn, result, org_id, pfile)
+
+
+def insert(module: AnsibleModule, conn: Any, result: dict[str, Any], org_id: Any, pfile: ProgressFile) -> None:
+    """The batches, then ANALYZE; fails (after reporting them) when rows could not be inserted."""
+    p = module.params
+    present = pfile.done
     progress = AssignmentProgress()
     try:
         migrate_assignments(
@@ -194,6 +208,7 @@ def run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
             lock_policy(module, "assignments"),
             sample_limit=p["sample_limit"],
             run_id=p.get("run_id"),
+            report=lambda inserted: pfile.update(present + inserted),
         )
     finally:
         result.update(
@@ -202,6 +217,7 @@ def run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
             failed_rows=dict(count=progress.failed_count, sample=progress.failed),
             batches=dict(count=progress.batches, size=p["batch_size"], lock_retries=progress.lock_retries),
         )
+    pfile.update(present + progress.inserted, note="ANALYZE")
     analyze(conn)
     if progress.failed_count:
         raise EngineError(
@@ -226,7 +242,8 @@ def analyze(conn: Any) -> None:
 def timed_run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
     started = time.monotonic()
     try:
-        run(module, conn, result)
+        with progress_file(module.params.get("progress_file"), "assignments", "pairs", module.check_mode) as pfile:
+            run(module, conn, result, pfile)
     finally:
         result["duration_ms"] = int((time.monotonic() - started) * 1000)
 

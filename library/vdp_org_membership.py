@@ -31,11 +31,14 @@ description:
   - Stores the legacy baseline (per-row hashes, checksums, structure) before its first write when none exists yet.
   - Between batches, renews the run lease's heartbeat and stops cleanly when a stop was requested (playbooks/stop.yml).
     A failure half-way reports the profiles the committed batches migrated.
+  - With I(progress_file), writes after each batch the profiles migrated (those of earlier runs included) of all the
+    profiles, the rate and the ETA.
   - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
 version_added: "1.0.0"
 extends_documentation_fragment:
   - vdp_postgres
   - vdp_run
+  - vdp_progress
 options:
   organization_slug:
     description: Slug of the organization the profiles join (it must exist; see vdp_organization).
@@ -199,6 +202,7 @@ from ansible.module_utils.vdp_names import (
     DEFAULT_ORG_SLUG,
     FEATURE_FLAGS,
 )
+from ansible.module_utils.vdp_progress import ProgressFile, progress_file
 from ansible.module_utils.vdp_target import (
     organization_capacity,
     organization_id,
@@ -221,6 +225,7 @@ def argument_spec() -> dict[str, Any]:
         capacity_headroom_percent=dict(type="int", default=CAPACITY_HEADROOM_PERCENT),
         max_users_if_missing=dict(type="int"),
         feature_flags=dict(type="list", elements="str", default=list(FEATURE_FLAGS)),
+        progress_file=dict(type="path"),
     )
 
 
@@ -304,8 +309,10 @@ def run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
             roles={k: plan[k] for k in ("coach_only", "coach_and_practitioner", "practitioner_only")},
         )
         return
-    if plan["pending"] or capacity["action"] == "raised":
-        migrate(module, conn, result, org_id, source, capacity, plan["pending"])
+    with progress_file(p.get("progress_file"), "membership", "profiles") as pfile:
+        pfile.start(plan["total"], plan["total"] - plan["pending"], "baseline, role table" if plan["pending"] else "")
+        if plan["pending"] or capacity["action"] == "raised":
+            migrate(module, conn, result, org_id, source, capacity, plan["pending"], pfile)
     if org_id is not None:
         totals = role_totals(conn, org_id)
         conn.commit()
@@ -321,6 +328,7 @@ def migrate(
     source: str | None,
     capacity: dict[str, Any],
     pending: int,
+    pfile: ProgressFile,
 ) -> None:
     """The writes: baseline, capacity, the batches. `result` follows the committed batches even when one fails."""
     p = module.params
@@ -330,6 +338,7 @@ def migrate(
         result["changed"] = True
     if not pending:
         return
+    done_before = pfile.done
     progress = MembershipProgress()
     try:
         migrate_membership(
@@ -343,6 +352,7 @@ def migrate(
             max_batches=p["max_batches"],
             trigger_suppression=p["trigger_suppression"],
             run_id=p.get("run_id"),
+            report=lambda migrated: pfile.update(done_before + migrated, note=""),
         )
     finally:
         result.update(
@@ -353,6 +363,7 @@ def migrate(
                 count=progress.batches, size=p["batch_size"], slowest_ms=progress.max_batch_ms, lock_retries=progress.lock_retries
             ),
         )
+    pfile.update(done_before + progress.migrated, note="ANALYZE profiles")
     result["remaining"] = pending_profiles(conn)
     conn.commit()
     analyze_profiles(conn)

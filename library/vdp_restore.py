@@ -34,6 +34,7 @@ description:
     second read into C(pg_restore) (one job), hashing it again.
   - Renews the run lease on production while it works, and stops cleanly (pg_restore killed) when a stop was
     requested (playbooks/stop.yml).
+  - With I(progress_file), writes the bytes downloaded and proven of the backup's size, then the restore's steps.
   - Idempotent - the restored database carries a comment naming the backup; when it already holds this backup
     with matching row counts, nothing is done (changed=false) unless I(force=true).
 version_added: "1.0.0"
@@ -41,6 +42,7 @@ author: Virtue platform team
 extends_documentation_fragment:
   - vdp_postgres
   - vdp_s3
+  - vdp_progress
 options:
   production:
     description:
@@ -248,6 +250,7 @@ from ansible.module_utils.vdp_legacy import LEGACY_TABLES
 from ansible.module_utils.vdp_lifecycle import application_name, run_module, secrets_of
 from ansible.module_utils.vdp_pg import DB_OPTIONS, connect, pg_connection_argument_spec, target_from_params
 from ansible.module_utils.vdp_pgtools import pg_tool_path, pg_tool_version, skew_problem
+from ansible.module_utils.vdp_progress import ProgressFile, progress_file
 from ansible.module_utils.vdp_restore import (
     RestoreFailure,
     analyze,
@@ -299,6 +302,7 @@ def argument_spec() -> dict[str, Any]:
         analyze=dict(type="bool", default=True),
         force=dict(type="bool", default=False),
         pg_bindir=dict(type="path"),
+        progress_file=dict(type="path"),
     )
     return spec
 
@@ -395,6 +399,11 @@ def already_restored(p: dict[str, Any], manifest: dict[str, Any], expected: list
 
 
 def work(module: AnsibleModule, _conn: Any, result: dict[str, Any]) -> None:
+    with progress_file(module.params.get("progress_file"), "restore", "bytes", module.check_mode) as pfile:
+        restore(module, result, pfile)
+
+
+def restore(module: AnsibleModule, result: dict[str, Any], pfile: ProgressFile) -> None:
     p = module.params
     started = time.monotonic()
     result["target"] = str(target_from_params(p))  # the db dict is spread by now
@@ -417,15 +426,17 @@ def work(module: AnsibleModule, _conn: Any, result: dict[str, Any]) -> None:
         same_source_server(p, manifest)
     pg_restore = tools(p, manifest)
     if already_restored(p, manifest, expected, result):
+        pfile.stage("restore", "steps", 0, 0, "the database already holds this backup")
         result["seconds"]["total"] = round(time.monotonic() - started, 3)
         return
+    pfile.start(int(manifest.get("size") or 0) or None, 0, "downloading and proving the backup")
     beat_params = dict(production_params(p), application_name=application_name(p, "restore-heartbeat"))
     run_id = None if module.check_mode else p.get("run_id")
     with (
         private_workdir("vdp-restore-", p["workdir"]) as workdir,
         HeartbeatThread(lambda: connect(beat_params, autocommit=True), run_id) as beat,
     ):
-        save_to = proven_copy(module, client, manifest_key, manifest, pg_restore, expected, workdir, result)
+        save_to = proven_copy(module, client, manifest_key, manifest, pg_restore, expected, workdir, result, pfile)
         if module.check_mode:
             result["changed"] = True
             result["seconds"]["total"] = round(time.monotonic() - started, 3)
@@ -434,10 +445,10 @@ def work(module: AnsibleModule, _conn: Any, result: dict[str, Any]) -> None:
         result["changed"] = True  # from here on the target database is being replaced
         warnings: list[str] = []
         try:
-            apply_restore(module, client, pg_restore, manifest, result, save_to, warnings, beat)
+            apply_restore(module, client, pg_restore, manifest, result, save_to, warnings, beat, pfile)
         except (RestoreFailure, S3Failure, *PG_ERRORS) as exc:
             raise failure(target_from_params(p), exc, secrets_of(p)) from None
-    finish(module, manifest, expected, result, warnings, started)
+    finish(module, manifest, expected, result, warnings, started, pfile)
 
 
 def proven_copy(
@@ -449,6 +460,7 @@ def proven_copy(
     expected: list[str],
     workdir: str,
     result: dict[str, Any],
+    pfile: ProgressFile,
 ) -> str | None:
     """Read the backup back and prove it (every recorded SHA-256, the TOC, a full decode) - in file mode saving the
     very bytes proven - before anything is dropped. Returns the local copy (file mode) or None."""
@@ -463,7 +475,9 @@ def proven_copy(
         "read the backup back",
         p,
         p["bucket"],
-        lambda: verify_backup(client, p["bucket"], manifest_key, manifest, pg_restore, expected, workdir, save_to=save_to),
+        lambda: verify_backup(
+            client, p["bucket"], manifest_key, manifest, pg_restore, expected, workdir, save_to=save_to, on_read=pfile.update
+        ),
     )
     result["seconds"]["verify_download"] = round(time.monotonic() - step, 3)
     result["verification"] = dict(decoded=verdict.decoded, problems=verdict.problems, toc_entries=verdict.toc_entries)
@@ -487,27 +501,36 @@ def apply_restore(
     save_to: str | None,
     warnings: list[str],
     beat: HeartbeatThread,
+    pfile: ProgressFile,
 ) -> None:
-    """Drop and recreate the target, create the missing roles, run pg_restore."""
+    """Drop and recreate the target, create the missing roles, run pg_restore (steps 1-3 of the progress file)."""
     p = module.params
     timings = result["seconds"]
     secrets = secrets_of(p)
+    pfile.stage("restore", "steps", 4 + int(p["analyze"]), 0, "dropping and creating the database")
     step = time.monotonic()
     recreate_database(p, target_from_params(p).dbname, manifest.get("database") or {}, warnings)
     timings["drop_create"] = round(time.monotonic() - step, 3)
+    pfile.update(1, note="creating the roles the dump needs")
     step = time.monotonic()
     if result["roles_created"]:
         create_roles(p, result["roles_created"])
     timings["roles"] = round(time.monotonic() - step, 3)
+    pfile.update(2, note=f"pg_restore ({p['jobs'] if p['mode'] == 'file' else 1} job(s))")
+
+    def check() -> None:  # every second while pg_restore runs: a stop request, and the progress file's keepalive
+        beat.check()
+        pfile.tick()
+
     step = time.monotonic()
     if p["mode"] == "file":
-        run_restore_file(pg_restore, p, str(save_to), secrets, warnings, check=beat.check)
+        run_restore_file(pg_restore, p, str(save_to), secrets, warnings, check=check)
     else:
         again = s3_call(
             "read the backup for the restore",
             p,
             p["bucket"],
-            lambda: run_restore_stream(client, pg_restore, p, manifest, secrets, warnings, check=beat.check),
+            lambda: run_restore_stream(client, pg_restore, p, manifest, secrets, warnings, check=check),
         )
         if again != manifest["sha256"]:
             raise RestoreFailure(
@@ -524,12 +547,15 @@ def finish(
     result: dict[str, Any],
     warnings: list[str],
     started: float,
+    pfile: ProgressFile,
 ) -> None:
     """ANALYZE, row-count parity with the manifest, the marker; fail on any mismatch."""
     p = module.params
     timings = result["seconds"]
     if p["analyze"]:
+        pfile.update(3, note="ANALYZE")
         timings["analyze"] = analyze(p)
+    pfile.update(3 + int(p["analyze"]), note="row counts against the manifest")
     step = time.monotonic()
     check = parity(p, manifest, expected)
     timings["parity"] = round(time.monotonic() - step, 3)

@@ -131,15 +131,18 @@ def locate_backup(
 class HashingReader:
     """A read()-able view of an S3 object body that hashes every byte read through it."""
 
-    def __init__(self, body: Any) -> None:
+    def __init__(self, body: Any, on_read: Callable[[int], None] | None = None) -> None:
         self.body = body
         self.hash = hashlib.sha256()
         self.size = 0
+        self.on_read = on_read  # called with the bytes read so far (the progress file)
 
     def read(self, amount: int = -1) -> bytes:
         data = self.body.read(amount if amount and amount > 0 else None)
         self.hash.update(data)
         self.size += len(data)
+        if self.on_read is not None:
+            self.on_read(self.size)
         return data
 
     def drain(self) -> None:
@@ -270,12 +273,18 @@ def _outcome(size: int, sha: str, listed: tuple[int, str, str], decoded: tuple[i
 
 
 def read_back_custom(
-    client: Any, bucket: str, key: str, pg_restore: str, save_to: str | None = None, decode: bool = True
+    client: Any,
+    bucket: str,
+    key: str,
+    pg_restore: str,
+    save_to: str | None = None,
+    decode: bool = True,
+    on_read: Callable[[int], None] | None = None,
 ) -> ReadBack:
     """Stream a custom-format object through SHA-256, `pg_restore --list` (the TOC) and, with decode,
     `pg_restore -f /dev/null` (every data block decompressed); optionally save it to a file - one read of S3."""
     body = client.get_object(Bucket=bucket, Key=key)["Body"]
-    reader = HashingReader(body)
+    reader = HashingReader(body, on_read)
     children = [ChildReader([pg_restore, "--list"], keep_stdout=True)]
     if decode:
         children.append(ChildReader([pg_restore, "-f", os.devnull], keep_stdout=False))
@@ -298,12 +307,19 @@ def read_back_custom(
 
 
 def read_back_directory_tar(
-    client: Any, bucket: str, key: str, pg_restore: str, workdir: str, extract_all: bool, decode: bool = True
+    client: Any,
+    bucket: str,
+    key: str,
+    pg_restore: str,
+    workdir: str,
+    extract_all: bool,
+    decode: bool = True,
+    on_read: Callable[[int], None] | None = None,
 ) -> ReadBack:
     """Stream a tarred directory-format dump through SHA-256; extract it into workdir (everything when it is to be
     decoded or kept, else toc.dat only), list it, and decode it (pg_restore -f /dev/null)."""
     body = client.get_object(Bucket=bucket, Key=key)["Body"]
-    reader = HashingReader(body)
+    reader = HashingReader(body, on_read)
     problem = None
     try:
         with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
@@ -397,20 +413,23 @@ def verify_backup(
     expected: Iterable[str],
     workdir: str,
     save_to: str | None = None,
+    on_read: Callable[[int], None] | None = None,
 ) -> Verdict:
     """Read the backup back from S3 and prove it: every recorded SHA-256, the size, the TOC, a full decode.
 
     With save_to, the object is also written there while it is checked (custom format: a file;
     directory format: extracted into save_to, a directory), so a restore reads S3 only once and has
-    proven the very bytes it will restore before it drops anything.
+    proven the very bytes it will restore before it drops anything. `on_read` is called with the bytes read so far.
     """
     key = str(manifest["key"])
     verdict = Verdict(manifest_key=manifest_key, key=key)
     recorded_hashes(verdict, client.head_object(Bucket=bucket, Key=key), object_tags(client, bucket, key), manifest)
     if manifest.get("format") == "directory":
-        back = read_back_directory_tar(client, bucket, key, pg_restore, save_to or workdir, extract_all=bool(save_to))
+        back = read_back_directory_tar(
+            client, bucket, key, pg_restore, save_to or workdir, extract_all=bool(save_to), on_read=on_read
+        )
     else:
-        back = read_back_custom(client, bucket, key, pg_restore, save_to=save_to)
+        back = read_back_custom(client, bucket, key, pg_restore, save_to=save_to, on_read=on_read)
     return judge(verdict, manifest, back, expected)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,9 +173,11 @@ def migrate_assignments(
     policy: LockPolicy,
     sample_limit: int = 20,
     run_id: str | None = None,
+    report: Callable[[int], None] | None = None,
 ) -> AssignmentProgress:
     """Insert one coach assignment per pending pair of pg_temp.vdp_pairs (see build_pairs), a batch
-    per transaction, ON CONFLICT DO NOTHING. `progress` is filled as batches commit.
+    per transaction, ON CONFLICT DO NOTHING. `progress` is filled as batches commit; `report`, when given, is
+    called after each batch with the assignments inserted so far (the progress file).
 
     One bad row never sinks the rest: if a batch fails on a data error (e.g. a profile deleted
     meanwhile: foreign key), it is redone row by row and the failing rows are reported. Between
@@ -198,6 +201,8 @@ def migrate_assignments(
             conn.rollback()
             progress.batches += 1
             after = _insert_one_by_one(conn, org_id, after, batch_size, progress, sample_limit)
+            if report is not None:
+                report(progress.inserted)
             if after is None:
                 break
             continue
@@ -206,6 +211,8 @@ def migrate_assignments(
         progress.batches += 1
         progress.inserted += inserted
         progress.lock_retries += attempts - 1
+        if report is not None:
+            report(progress.inserted)
         after = (last_p, last_s)
         if taken < batch_size:
             break

@@ -108,8 +108,10 @@ class HashingMultipartWriter:
         part_size: int,
         extra_args: dict[str, Any],
         threads: int = 2,
+        on_write: Callable[[int], None] | None = None,
     ) -> None:
         self.client, self.bucket, self.key = client, bucket, key
+        self.on_write = on_write  # called with the bytes written so far (the progress file)
         self.part_size = max(int(part_size), MIN_PART_SIZE)
         self.first_part_size = self.part_size
         self.hash = hashlib.sha256()
@@ -129,6 +131,8 @@ class HashingMultipartWriter:
         while len(self._buf) >= self.part_size:
             self._submit(bytes(self._buf[: self.part_size]))
             del self._buf[: self.part_size]
+        if self.on_write is not None:
+            self.on_write(self.size)
         return len(data)
 
     def _submit(self, body: bytes) -> None:
@@ -284,6 +288,53 @@ def put_manifest(client: Any, bucket: str, key: str, manifest: dict[str, Any], s
         Tagging=tagging_string(tags),
         **sse,
     )
+
+
+def build_manifest(
+    p: dict[str, Any],
+    layout: Layout,
+    key: str,
+    upload: Any,
+    tags: dict[str, str],
+    target: Any,
+    identity: dict[str, Any],
+    counts: Any,
+    started: Any,
+) -> dict[str, Any]:
+    """The manifest written beside the dump (no secret: the source's address and user, never its password)."""
+    finished = utcnow()
+    return {
+        "kind": "vdp-pg-backup",
+        "manifest_version": MANIFEST_VERSION,
+        "run_id": p["run_id"],
+        "bucket": p["bucket"],
+        "key": key,
+        "manifest_key": layout.manifest_key,
+        "format": p["format"],
+        "container": "tar" if p["format"] == "directory" else "pg_dump-custom",
+        "mode": p["mode"],
+        "jobs": p["jobs"] if p["format"] == "directory" else 1,
+        "compress": p["compress"],
+        "size": upload.size,
+        "sha256": upload.sha256,
+        "parts": upload.parts,
+        "part_size": upload.part_size,
+        "sse": p["sse"],
+        "kms_key_id": p.get("kms_key_id") or None,
+        "tags": tags,
+        "source": {"host": target.host, "port": target.port, "dbname": target.dbname, "user": target.user},
+        "source_identity": identity,
+        "database": counts.database,
+        "roles": counts.roles,
+        "tables": counts.counts,
+        "legacy_checksums": counts.legacy_checksums,
+        "tables_absent": counts.absent,
+        "snapshot_consistent": True,
+        "started_at": iso(started),
+        "finished_at": iso(finished),
+        "count_seconds": round(counts.seconds, 3),
+        "duration_seconds": round((finished - started).total_seconds(), 3),
+    }
 
 
 # --------------------------------------------------------------------------- row counts & roles

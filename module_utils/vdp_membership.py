@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,6 +202,13 @@ class MembershipProgress:
     max_batch_ms: int = 0
     trigger_suppression: str = SUPPRESS_ALTER
 
+    def add_batch(self, migrated: int, coach_only: int, both: int) -> None:
+        """A batch committed: count it."""
+        self.batches += 1
+        self.migrated += migrated
+        self.coach_only += coach_only
+        self.coach_and_practitioner += both
+
 
 def _batch_prologue(mode: str, triggers: list[tuple[str, str]]) -> sql.Composed:
     if mode == SUPPRESS_REPLICA:
@@ -242,10 +250,12 @@ def migrate_membership(
     max_batches: int = 0,
     trigger_suppression: str = SUPPRESS_AUTO,
     run_id: str | None = None,
+    report: Callable[[int], None] | None = None,
 ) -> MembershipProgress:
     """Keyset-batched UPDATE of profiles not yet migrated; one short transaction (commit) per batch.
 
-    `progress` is filled as batches COMMIT, so a failure half-way still reports what was committed.
+    `progress` is filled as batches COMMIT, so a failure half-way still reports what was committed; `report`, when
+    given, is called after each committed batch with the profiles migrated so far (the progress file).
     Between batches the run's lease gets a heartbeat and a stop request (playbooks/stop.yml) ends
     the loop cleanly (RunCancelled).
 
@@ -281,10 +291,9 @@ def migrate_membership(
         progress.max_batch_ms = max(progress.max_batch_ms, int((time.monotonic() - started) * 1000))
         if last is None:
             break
-        progress.batches += 1
-        progress.migrated += done
-        progress.coach_only += coach_only
-        progress.coach_and_practitioner += both
+        progress.add_batch(done, coach_only, both)
+        if report is not None:
+            report(progress.migrated)
         after = last
         if max_batches and progress.batches >= max_batches:
             break
