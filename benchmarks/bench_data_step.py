@@ -1,49 +1,51 @@
-#!/usr/bin/env python3
-"""Benchmark: the engine's data step against the seed's raw SQL run by psql, on the same data.
+"""The data phase against the seed's raw SQL by psql, on the same data, with a lock sampler and a probe beside each run.
 
-For each --users N: load the legacy fixture (shape "seed": the seed's SQL reads profiles.last_sign_in_at)
-into a template database, apply the schema file, VACUUM ANALYZE, then time on fresh clones:
+The fixture (fixtures/generate_legacy.py, shape "seed": the seed's UPDATE reads profiles.last_sign_in_at, messy cases
+included) is loaded once per size into bench_fx_<users>; two templates are made from it, each with the schema phase
+applied as the runbook applies it (roles/schema_migration's versions, through the ledger, baseline included):
 
-  seed_sql_raw     benchmarks/seed_sql/*.seed.sql by `psql -v ON_ERROR_STOP=1` on the messy data (its INSERT
-                   fails on the first orphan / self / duplicate row: the time until psql gave up, exit code kept)
-  seed_sql_clean   the same on the same data without orphan, self and duplicate active relationships (the only
-                   data the seed's SQL can migrate against our schema's foreign keys and unique key)
-  engine           the data step as the role runs it (module defaults: batches of 20000, trigger_suppression auto) -
-                   vdp_organization, vdp_feature_flag, vdp_org_membership, vdp_coach_assignments, ledger record -
-                   each a real module process (as Ansible runs them), on the messy data and on the clean data; plus
-                   in_module_ms: the membership and assignments modules' own duration_ms (database work, without
-                   the ~0.2 s Python start-up of each of the five module processes)
-  engine_alter     (--alter-variant) the clean run again with trigger_suppression=alter_table, the path of a
-                   role that may not set session_replication_role
+  messy  the fixture as generated: orphan, self and duplicate relationships (the seed's INSERT fails on them)
+  clean  the same without them: the only data the seed's SQL can migrate against the schema's foreign keys and
+         unique key (benchmarks/seed_sql/*.seed.sql is the seed's SQL verbatim)
 
-Prints a table with the ratios; --json writes the figures. Benchmarks are not tests: run by hand, e.g.
-  .venv/bin/python benchmarks/bench_data_step.py --users 10000 1000000 --port 47310
-Connection: --host/--port/--user (trust or PGPASSWORD). Databases bench_* are created and dropped.
+Every timed run starts on a fresh file copy of a template, after a CHECKPOINT, with the LockSampler and the Probe
+(bench_watch.py) on it. The project's data phase is the role org_data_migration's modules, each a real module
+process as Ansible runs it: vdp_organization, vdp_feature_flag, vdp_org_membership, vdp_coach_assignments, the
+ledger record; the indexes step (CREATE INDEX CONCURRENTLY, VALIDATE CONSTRAINT) is timed apart, since the seed's
+baseline has no index SQL to compare with. work_mem: the same runs on a copy with ALTER DATABASE ... SET work_mem;
+the seed's run there is stopped at a cap (statement_timeout) and reported as "more than".
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from bench_common import (
+    PG_BIN,
+    ROOT,
+    Sandbox,
+    checkpoint,
+    database_tag,
+    drop,
+    first_error,
+    recreate,
+    role_default,
+    run,
+    set_database,
+    set_tag,
+    sources_digest,
+    timed_module,
+    vacuum_analyze,
+)
+from bench_watch import LockSampler, Probe
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from fixtures.generate_legacy import load_legacy  # noqa: E402
-from tests.support.modrun import run_module  # noqa: E402
+from fixtures.generate_legacy import load_legacy
 
 SEED_SQL = ROOT / "benchmarks" / "seed_sql" / "20250103_organizational_model_data.seed.sql"
-PSQL = "/usr/lib/postgresql/15/bin/psql"
+SHAPE = "seed"
 
 CLEAN_SQL = """
 DELETE FROM public.sponsor_practitioner_relationships r
@@ -56,219 +58,212 @@ WHERE r.active AND k.active AND r.sponsor_id = k.sponsor_id AND r.practitioner_i
 """
 
 
-def admin(args: argparse.Namespace) -> psycopg.Connection[Any]:
-    return psycopg.connect(host=args.host, port=args.port, user=args.user, dbname="postgres", autocommit=True)
+def fixture(sb: Sandbox, users: int, reuse: bool) -> tuple[str, dict[str, Any]]:
+    """bench_fx_<users> on production: the legacy platform as generated, VACUUMed. Reused when built by the same code."""
+    name = f"bench_fx_{users}"
+    tag = f"vdp bench fixture users={users} shape={SHAPE} {sources_digest(ROOT / 'fixtures')}"
+    if reuse and database_tag(sb, sb.prod_port, name) == tag:
+        print(f"  fixture {name}: reused", flush=True)
+        return name, dict(reused=True)
+    recreate(sb, sb.prod_port, name)
+    started = time.monotonic()
+    counts = load_legacy(dict(host=sb.host, port=sb.prod_port, user=sb.user, dbname=name), shape=SHAPE, users=users)
+    vacuum_analyze(sb, sb.prod_port, name)
+    set_tag(sb, sb.prod_port, name, tag)
+    seconds = round(time.monotonic() - started, 1)
+    print(f"  fixture {name}: {users} users loaded in {seconds} s", flush=True)
+    keep = ("users", "relationships", "active_relationships", "self_relationships", "orphan_relationships")
+    return name, dict(reused=False, seconds=seconds, **{k: counts[k] for k in keep}, duplicate_active_extra_rows=counts[
+        "duplicate_active_extra_rows"])
 
 
-def conninfo(args: argparse.Namespace, db: str) -> dict[str, Any]:
-    return dict(host=args.host, port=args.port, user=args.user, dbname=db)
+def schema_versions() -> list[str]:
+    return list(role_default("schema_migration", "schema_migration_versions"))
 
 
-def login(args: argparse.Namespace, db: str) -> dict[str, Any]:
-    return dict(login_host=args.host, login_port=args.port, login_user=args.user, login_db=db)
-
-
-def recreate(args: argparse.Namespace, db: str, template: str | None = None) -> None:
-    with admin(args) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{db}"' + (f' TEMPLATE "{template}"' if template else ""))
-
-
-def drop(args: argparse.Namespace, db: str) -> None:
-    with admin(args) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-
-
-def check(result: dict[str, Any], what: str) -> dict[str, Any]:
-    if result.get("failed"):
-        raise SystemExit(f"{what} failed: {result.get('msg')}")
-    return result
-
-
-def template_tag(users: int, clean: bool) -> str:
-    """What a kept template was built from: reused (--reuse) only while the loader and schema are unchanged."""
-    digest = hashlib.sha256()
-    sources = [ROOT / "fixtures" / "generate_legacy.py", *sorted((ROOT / "fixtures" / "sql").glob("*.sql"))]
-    for path in [*sources, ROOT / "migrations" / "20250103_organizational_model_schema.sql"]:
-        digest.update(path.read_bytes())
-    return f"vdp bench template users={users} clean={clean} {digest.hexdigest()[:16]}"
-
-
-def reusable(args: argparse.Namespace, name: str, tag: str) -> bool:
-    with admin(args) as conn:
-        row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (name,)).fetchone()
-    return bool(row and row[0] == tag)
-
-
-def prepare_template(args: argparse.Namespace, users: int, clean: bool) -> str:
+def template(sb: Sandbox, fx: str, users: int, clean: bool, reuse: bool) -> str:
+    """A copy of the fixture (cleaned or not) with the schema phase applied, VACUUMed: what each timed run copies."""
     name = f"bench_tpl_{users}_{'clean' if clean else 'messy'}"
-    tag = template_tag(users, clean)
-    if args.reuse and reusable(args, name, tag):
+    tag = (f"{database_tag(sb, sb.prod_port, fx)} clean={clean} "
+           f"{sources_digest(ROOT / 'migrations', ROOT / 'roles' / 'schema_migration' / 'defaults')}")
+    if reuse and database_tag(sb, sb.prod_port, name) == tag:
         print(f"  template {name}: reused", flush=True)
         return name
-    recreate(args, name)
     started = time.monotonic()
-    load_legacy(conninfo(args, name), shape="seed", users=users)
+    recreate(sb, sb.prod_port, name, template=fx)
     if clean:
-        with psycopg.connect(**conninfo(args, name)) as conn:
+        with sb.connect(sb.prod_port, name) as conn:
             conn.execute(CLEAN_SQL)
-    # The schema phase (not timed): schema file through the ledger, which also stores the baseline.
-    check(
-        run_module(
-            "vdp_schema_migrations",
-            dict(login(args, name), path=str(ROOT / "migrations"), versions=["20250103_organizational_model_schema"]),
-        ),
-        "schema",
+    timed_module(
+        "vdp_schema_migrations",
+        dict(sb.login(sb.prod_port, name), path=str(ROOT / "migrations"), versions=schema_versions()),
+        "the schema phase of the template",
     )
-    with psycopg.connect(**conninfo(args, name), autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE")
-    with admin(args) as conn:
-        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(tag)))
-    print(f"  template {name}: loaded in {time.monotonic() - started:.1f}s", flush=True)
+    vacuum_analyze(sb, sb.prod_port, name)
+    set_tag(sb, sb.prod_port, name, tag)
+    print(f"  template {name}: built in {time.monotonic() - started:.1f} s", flush=True)
     return name
 
 
-def time_seed_sql(args: argparse.Namespace, template: str) -> dict[str, Any]:
-    db = f"{template}_seed"
-    recreate(args, db, template)
-    with admin(args) as conn:
-        conn.execute("CHECKPOINT")
-    env = dict(os.environ, PGHOST=args.host, PGPORT=str(args.port), PGUSER=args.user, PGDATABASE=db)
-    started = time.monotonic()
-    proc = subprocess.run(
-        [PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(SEED_SQL)], env=env, capture_output=True, text=True, check=False
-    )
-    seconds = time.monotonic() - started
-    drop(args, db)
-    error = proc.stderr.strip().splitlines()[0] if proc.returncode else ""
-    return dict(seconds=round(seconds, 3), exit_code=proc.returncode, error=error)
+def scratch(sb: Sandbox, tpl: str, settings: dict[str, str] | None = None) -> str:
+    db = f"{tpl}_run"
+    recreate(sb, sb.prod_port, db, template=tpl)
+    for key, value in (settings or {}).items():
+        set_database(sb, sb.prod_port, db, key, value)
+    checkpoint(sb, sb.prod_port)
+    return db
 
 
-DATA_STEP = (
-    (
-        "vdp_organization",
-        dict(
-            slug="individual-users",
-            name="Individual Users",
-            primary_color="#5F4339",
-            secondary_color="#A8A29E",
-            subscription_tier="legacy",
-            max_users=1000,
-            create_only=["max_users"],
-        ),
-    ),
-    ("vdp_feature_flag", dict(names=["organizational_model", "multi_role_support"], enabled=False, create_only=True)),
-    ("vdp_org_membership", dict()),
-    ("vdp_coach_assignments", dict()),
-    ("vdp_schema_migrations", dict(state="recorded", record_version="20250103_organizational_model_data")),
-)
+class Watched:
+    """LockSampler + Probe on db for the duration of a with-block."""
+
+    def __init__(self, sb: Sandbox, db: str, on: bool = True) -> None:
+        self.locks = LockSampler(sb, db) if on else None
+        self.probe = Probe(sb, db) if on else None
+
+    def __enter__(self) -> Watched:
+        for w in (self.locks, self.probe):
+            if w is not None:
+                w.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for w in (self.probe, self.locks):
+            if w is not None:
+                w.stop()
+
+    def summary(self, since: float = 0.0, until: float = float("inf")) -> dict[str, Any]:
+        if self.locks is None or self.probe is None:
+            return {}
+        return dict(locks=self.locks.summary(since, until), probe=self.probe.summary(since, until))
 
 
-def time_engine(args: argparse.Namespace, template: str, **membership_args: Any) -> dict[str, Any]:
-    db = f"{template}_engine"
-    recreate(args, db, template)
+def seed_run(sb: Sandbox, tpl: str, watch: bool = True, settings: dict[str, str] | None = None) -> dict[str, Any]:
+    """The seed's SQL by psql -v ON_ERROR_STOP=1 on a fresh copy; its exit code and first error kept."""
+    db = scratch(sb, tpl, settings)
+    cmd = [f"{PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(SEED_SQL)]
+    with Watched(sb, db, watch) as w:
+        seconds, proc = run(cmd, env=sb.env(sb.prod_port, db))
+    drop(sb, sb.prod_port, db)
+    out = dict(seconds=round(seconds, 3), exit_code=proc.returncode, error=first_error(proc) if proc.returncode else "")
+    return dict(out, **w.summary())
+
+
+def data_steps(sb: Sandbox, db: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """The role org_data_migration's module calls, with the role's arguments (roles/org_data_migration)."""
+    org = role_default("org_data_migration", "org_data_migration_organization")
+    login = sb.login(sb.prod_port, db)
+    return [
+        ("organization", "vdp_organization", dict(login, **org, create_only=["max_users"])),
+        ("feature flags", "vdp_feature_flag", dict(login, enabled=False, create_only=True)),
+        ("membership", "vdp_org_membership", dict(login, max_users_if_missing=org["max_users"])),
+        ("assignments", "vdp_coach_assignments", dict(login)),
+        ("ledger", "vdp_schema_migrations", dict(
+            login, state="recorded", record_version=role_default("org_data_migration", "org_data_migration_data_version"))),
+    ]
+
+
+def indexes_step(sb: Sandbox, db: str) -> tuple[str, str, dict[str, Any]]:
+    version = role_default("org_data_migration", "org_data_migration_indexes_version")
+    return "indexes", "vdp_schema_migrations", dict(sb.login(sb.prod_port, db), path=str(ROOT / "migrations"), versions=[version])
+
+
+def project_run(
+    sb: Sandbox, tpl: str, watch: bool = True, settings: dict[str, str] | None = None, indexes: bool = True
+) -> dict[str, Any]:
+    """The data phase as the role runs it, on a fresh copy: per step seconds, module facts, watchers per window."""
+    db = scratch(sb, tpl, settings)
     steps: dict[str, float] = {}
-    results: dict[str, dict[str, Any]] = {}
-    with admin(args) as conn:
-        conn.execute("CHECKPOINT")  # same start as time_seed_sql's clone: no dirty pages of the clone pending
-    started = time.monotonic()
-    for name, extra in DATA_STEP:
-        extra = dict(extra, **membership_args) if name == "vdp_org_membership" else extra
-        t = time.monotonic()
-        results[name] = check(run_module(name, dict(login(args, db), **extra)), name)
-        steps[name] = round(time.monotonic() - t, 3)
-    seconds = time.monotonic() - started
-    membership, assignments = results["vdp_org_membership"], results["vdp_coach_assignments"]
-    again = time.monotonic()
-    changed = [name for name, extra in DATA_STEP if run_module(name, dict(login(args, db), **extra)).get("changed")]
-    rerun = time.monotonic() - again
-    drop(args, db)
-    return dict(
-        seconds=round(seconds, 3),
-        steps=steps,
-        in_module_ms=int(membership.get("duration_ms") or 0) + int(assignments.get("duration_ms") or 0),
-        membership_batches=membership.get("batches"),
-        membership_in_module_ms=membership.get("duration_ms"),
-        trigger_suppression=membership.get("trigger_suppression"),
-        assignments_batches=assignments.get("batches"),
-        assignments_in_module_ms=assignments.get("duration_ms"),
-        rerun_seconds=round(rerun, 3),
-        rerun_changed=changed,
+    facts: dict[str, Any] = {}
+    with Watched(sb, db, watch) as w:
+        started = time.monotonic()
+        for label, name, args in data_steps(sb, db):
+            steps[label], result = timed_module(name, args, f"{label} ({name})")
+            facts[label] = {k: result.get(k) for k in ("batches", "duration_ms", "trigger_suppression", "inserted", "migrated")
+                            if k in result}
+        data_end = time.monotonic()
+        if indexes:
+            label, name, args = indexes_step(sb, db)
+            steps[label], _ = timed_module(name, args, "the indexes step")
+        ended = time.monotonic()
+    drop(sb, sb.prod_port, db)
+    out: dict[str, Any] = dict(
+        seconds=round(data_end - started, 3), steps={k: round(v, 3) for k, v in steps.items()}, facts=facts,
+        data=w.summary(started, data_end),
     )
+    if indexes:
+        out["indexes_seconds"] = round(steps["indexes"], 3)
+        out["with_indexes"] = w.summary(started, ended)
+    return out
 
 
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-
-
-def bench(args: argparse.Namespace, users: int) -> dict[str, Any]:
-    print(f"== {users} users", flush=True)
-    messy = prepare_template(args, users, clean=False)
-    clean = prepare_template(args, users, clean=True)
-    row = dict(
-        users=users,
-        seed_sql_messy=time_seed_sql(args, messy),
-        seed_sql_clean=time_seed_sql(args, clean),
-        engine_messy=time_engine(args, messy),
-        engine_clean=time_engine(args, clean),
-    )
-    seed_clean = max(row["seed_sql_clean"]["seconds"], 1e-6)
-    if args.alter_variant:
-        row["engine_alter_clean"] = time_engine(args, clean, trigger_suppression="alter_table")
-        row["ratio_alter_clean"] = round(row["engine_alter_clean"]["seconds"] / seed_clean, 2)
-    row["ratio_clean"] = round(row["engine_clean"]["seconds"] / seed_clean, 2)
-    row["ratio_in_module_clean"] = round(row["engine_clean"]["in_module_ms"] / 1000 / seed_clean, 2)
-    row["ratio_messy_vs_seed_clean"] = round(row["engine_messy"]["seconds"] / seed_clean, 2)
-    row["module_peak_rss_mb"] = round(peak_rss_mb(), 1)
-    if not args.keep:
-        drop(args, messy)
-        drop(args, clean)
-    print(json.dumps(row, indent=1), flush=True)
-    return row
+def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest run; its watchers' worst figures over all runs (a hold or a stall seen once counts)."""
+    top = dict(min(runs, key=lambda r: r["seconds"]))
+    top["all_seconds"] = [r["seconds"] for r in runs]
+    for window in ("data", "with_indexes", ""):
+        parts = [r.get(window, {}) if window else r for r in runs]
+        parts = [p for p in parts if p.get("locks")]
+        if not parts:
+            continue
+        merged = dict(locks=max((p["locks"] for p in parts), key=lambda x: x["longest_seconds"]),
+                      probe=max((p["probe"] for p in parts), key=lambda x: x.get("max_ms", 0)))
+        if window:
+            top[window] = merged
+        else:
+            top.update(merged)
+    return top
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, nargs="+", default=[10_000])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PGPORT", "5432")))
-    parser.add_argument("--user", default=os.environ.get("PGUSER", "postgres"))
-    parser.add_argument("--json", type=Path, help="write the figures here")
-    parser.add_argument("--keep", action="store_true", help="keep the template databases")
-    parser.add_argument(
-        "--alter-variant", action="store_true", help="also time the clean run with trigger_suppression=alter_table"
-    )
-    parser.add_argument(
-        "--reuse", action="store_true", help="reuse kept templates built from the same loader and schema file (implies --keep)"
-    )
-    args = parser.parse_args()
-    args.keep = args.keep or args.reuse
-    rows = [bench(args, n) for n in args.users]
-    header = (
-        f"{'users':>9} | {'seed SQL messy':>22} | {'seed SQL clean':>14} | {'engine messy':>12} | {'engine clean':>12} | "
-        f"{'in-module':>9} | ratio clean | in-module ratio"
-    )
-    print(f"\n{header}")
-    for r in rows:
-        seed_messy = f"{r['seed_sql_messy']['seconds']:.2f}s (exit {r['seed_sql_messy']['exit_code']})"
-        alter = (
-            f" | alter_table: {r['engine_alter_clean']['seconds']:.2f}s ({r['ratio_alter_clean']:.2f}x)"
-            if "engine_alter_clean" in r
-            else ""
-        )
-        print(
-            f"{r['users']:>9} | {seed_messy:>22} | {r['seed_sql_clean']['seconds']:>13.2f}s | "
-            f"{r['engine_messy']['seconds']:>11.2f}s | {r['engine_clean']['seconds']:>11.2f}s | "
-            f"{r['engine_clean']['in_module_ms'] / 1000:>8.2f}s | {r['ratio_clean']:>10.2f}x | "
-            f"{r['ratio_in_module_clean']:>14.2f}x{alter}"
-        )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2))
-    return 0
+def data_phase(sb: Sandbox, users: int, fx: str, reuse: bool, repeat: int, cap_factor: float) -> dict[str, Any]:
+    """Every data-phase figure at one size: seed vs project (clean), messy, work_mem = 1MB."""
+    messy, clean = template(sb, fx, users, False, reuse), template(sb, fx, users, True, reuse)
+    out: dict[str, Any] = dict(users=users)
+    print("  the seed's SQL on the messy copy (expected to fail)", flush=True)
+    out["seed_messy"] = seed_run(sb, messy, watch=False)
+    seeds, projects = [], []
+    for attempt in range(repeat):
+        print(f"  clean copy, run {attempt + 1} of {repeat}: the seed's SQL, then the project's data phase", flush=True)
+        seeds.append(seed_run(sb, clean))
+        projects.append(project_run(sb, clean))
+    out["seed_clean"], out["project_clean"] = best(seeds), best(projects)
+    print("  the project's data phase on the messy copy", flush=True)
+    out["project_messy"] = project_run(sb, messy)
+    out.update(work_mem_runs(sb, clean, out["seed_clean"]["seconds"], cap_factor))
+    return out
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def work_mem_runs(sb: Sandbox, clean: str, seed_seconds: float, cap_factor: float) -> dict[str, Any]:
+    """Both sides with work_mem = 1MB (a small-instance default); the seed's run stopped at cap_factor x its time."""
+    cap = max(30.0, cap_factor * seed_seconds)
+    small = {"work_mem": "1MB"}
+    print("  work_mem = 1MB: the project's data phase", flush=True)
+    project = project_run(sb, clean, watch=False, settings=small, indexes=False)
+    print(f"  work_mem = 1MB: the seed's SQL (stopped after {cap:.0f} s)", flush=True)
+    seed = seed_run(sb, clean, watch=False, settings=dict(small, statement_timeout=f"{int(cap * 1000)}ms"))
+    seed["cap_seconds"] = round(cap, 1)
+    seed["stopped_at_cap"] = seed["exit_code"] != 0 and "statement timeout" in seed["error"]
+    return dict(project_work_mem_1mb=project, seed_work_mem_1mb=seed)
+
+
+def default_work_mem(sb: Sandbox) -> str:
+    with sb.connect(sb.prod_port) as conn:
+        return str(conn.execute("SHOW work_mem").fetchone()[0])
+
+
+def drop_templates(sb: Sandbox, users: int) -> None:
+    for kind in ("messy", "clean"):
+        drop(sb, sb.prod_port, f"bench_tpl_{users}_{kind}")
+
+
+def fixture_counts(sb: Sandbox, db: str) -> dict[str, Any]:
+    with sb.connect(sb.prod_port, db) as conn:
+        try:
+            row = conn.execute("SELECT counts FROM vdp_fixture.manifest WHERE id = 1").fetchone()
+        except psycopg.Error:
+            return {}
+    return dict(row[0]) if row else {}
+
+
+def seed_sql_path() -> Path:
+    return SEED_SQL
