@@ -17,10 +17,11 @@ INVENTORY ?= inventories/local/hosts.yml
 RUN ?=
 STRATEGY ?= flags
 ARGS ?=
+CHAOS_ARGS ?=
 PLAY := $(BIN)/ansible-playbook -i $(INVENTORY) $(ARGS)
 
 .PHONY: help bootstrap demo test lint pytest molecule sandbox-up sandbox-down sandbox-status sandbox-reset \
-        fixture preflight migrate dry-run status stop rollback report bench clean
+        fixture preflight migrate dry-run status stop rollback report bench chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -89,6 +90,9 @@ test: bootstrap ## Everything CI runs: lint + pytest + Molecule; non-zero on any
 bench: BENCH_USERS = $(if $(filter command line,$(origin USERS)),$(USERS),1000000)
 bench: sandbox-up ## Project vs the seed's psql / pg_dump / pg_restore, same data, one run: benchmarks/results/ (1M users; USERS=100000 quick)
 	bash scripts/bench.sh $(BENCH_USERS) $(BENCH_ARGS)
+
+chaos: bootstrap ## Chaos suite: faults across migrate.yml, re-runs vs an uninterrupted run; table in benchmarks/results/ (CHAOS_ARGS='--seed N')
+	$(BIN)/python scripts/chaos.py $(CHAOS_ARGS)
 
 clean: sandbox-down ## Stop the sandbox and delete it and the run records
 	rm -rf .sandbox artifacts
