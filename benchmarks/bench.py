@@ -146,12 +146,14 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_stop)
     try:
         measure(sb, args, results, save)
-    except (KeyboardInterrupt, SystemExit) as stop:
+    except (KeyboardInterrupt, SystemExit, Exception) as stop:
         minutes = (time.monotonic() - started) / 60
-        why = "interrupted" if isinstance(stop, KeyboardInterrupt) else "failed"
-        results["stopped"] = f"The benchmark {why} after {minutes:.0f} min: {stop or 'interrupted'}."
+        why = "was interrupted" if isinstance(stop, KeyboardInterrupt) else "failed"
+        results["stopped"] = f"The benchmark {why} after {minutes:.0f} min: {type(stop).__name__} {stop}."
         print(f"\n{results['stopped']}\n{save()}.md holds what was measured", flush=True)
-        return 130 if why == "interrupted" else 1
+        if isinstance(stop, Exception):
+            raise
+        return 130 if isinstance(stop, KeyboardInterrupt) else 1
     name = save()
     print("\n" + name.with_suffix(".md").read_text())
     print(f"figures: {name}.json, tables: {name}.md", flush=True)

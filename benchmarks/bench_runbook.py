@@ -93,12 +93,12 @@ def runbook(
         print(f"  migrate.yml at {users} users ({attempt} run, run id {run_id})", flush=True)
         out[attempt] = play(sb, run_id, extra, logs / f"{run_id}.log")
         print(f"    {out[attempt]['seconds']} s, exit {out[attempt]['exit_code']}: {out[attempt].get('verdict')}", flush=True)
+        if attempt == "again":
+            out["rerun_ratio"] = round(out["again"]["seconds"] / out["first"]["seconds"], 3)
         if save is not None:
             save()
         if out[attempt]["exit_code"]:
             raise SystemExit(f"migrate.yml failed at {users} users ({attempt} run): see {out[attempt]['log']}")
-    if again:
-        out["rerun_ratio"] = round(out["again"]["seconds"] / out["first"]["seconds"], 3)
     return out
 
 
