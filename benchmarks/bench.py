@@ -55,6 +55,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the bench_* fixture and template databases")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--render", type=Path, help="only write the .md of a results .json again (no measure)")
+    p.add_argument("--resume", type=Path, help="a stopped run's .json: keep the parts it measured, measure the rest, into it")
     args = p.parse_args()
     args.small = args.small or max(1000, args.users // 10)
     args.keep = args.keep or args.reuse
@@ -90,19 +91,24 @@ def measure(sb: Sandbox, args: argparse.Namespace, results: dict[str, Any], save
     fx_big, results["fixture"] = fixture(sb, args.users, args.reuse)
     results["environment"]["fixture"] = {k: v for k, v in results["fixture"].items() if k not in ("reused", "seconds")}
     save()
-    if "data" in args.parts:
+    if "data" in args.parts and "data_phase" not in results:
         print(f"== data phase vs the seed's SQL ({args.users:,} users)", flush=True)
         results["data_phase"] = data_phase(sb, args.users, fx_big, args.reuse, args.repeat, args.cap_factor)
         save()
-    if "backup" in args.parts:
+    if "backup" in args.parts and "backup_restore" not in results:
         print(f"== backup and restore vs pg_dump / pg_restore ({args.users:,} users)", flush=True)
         results["backup_restore"] = backup_restore(sb, fx_big, args.users, args.repeat)
         save()
     if "runbook" in args.parts:
         extra = dict(monitor_period_seconds=args.monitor_period, monitor_interval_seconds=2)
         logs = args.out / "logs"
+        done = {r["users"]: r for r in results.get("runbook", []) if r.get("first") and not r["first"]["exit_code"]}
         results["runbook"] = []
         for users, fx, again in ((args.small, fx_small, False), (args.users, fx_big, True)):
+            if users in done and (done[users].get("again") or not again):
+                print(f"  migrate.yml at {users} users: measured already ({done[users].get('source', 'resumed')})")
+                results["runbook"].append(done[users])
+                continue
             results["runbook"].append(dict(users=users))
             results["runbook"][-1] = runbook(sb, users, fx, stamp, extra, logs, again=again,
                                              partial=results["runbook"][-1], save=save)
@@ -116,7 +122,7 @@ def measure(sb: Sandbox, args: argparse.Namespace, results: dict[str, Any], save
 def writer(args: argparse.Namespace, results: dict[str, Any], started: float) -> Any:
     """save(): write <date>-<users>.json and .md as they stand (called after each part, and on a stop)."""
     args.out.mkdir(parents=True, exist_ok=True)
-    name = args.out / f"{dt.date.today().isoformat()}-{args.users}"
+    name = args.resume.with_suffix("") if args.resume else args.out / f"{dt.date.today().isoformat()}-{args.users}"
 
     def save() -> Path:
         results["environment"].update(load_end=load_average(), seconds=round(time.monotonic() - started),
@@ -126,6 +132,16 @@ def writer(args: argparse.Namespace, results: dict[str, Any], started: float) ->
         return name
 
     return save
+
+
+def resumed(args: argparse.Namespace, now: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a stopped run (--resume): its parts are kept, the rest measured now, the resumption noted."""
+    results = json.loads(args.resume.read_text())
+    if results["environment"]["sizes"] != now["sizes"]:
+        raise SystemExit(f"{args.resume} measured {results['environment']['sizes']} users, not {now['sizes']}")
+    results.pop("stopped", None)
+    results["environment"].setdefault("resumed", []).append({k: now[k] for k in ("date", "commit", "dirty", "load_start")})
+    return results
 
 
 def on_stop(signum: int, _frame: Any) -> None:
@@ -142,6 +158,9 @@ def main() -> int:
     sb = Sandbox(base=args.port_base, box=args.sandbox_dir.resolve())
     started = time.monotonic()
     results: dict[str, Any] = dict(environment=environment(sb, args))
+    if args.resume:
+        results = resumed(args, results["environment"])
+        started -= results["environment"]["seconds"]
     save = writer(args, results, started)
     signal.signal(signal.SIGTERM, on_stop)
     try:

@@ -227,7 +227,9 @@ def missing(results: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
 
 
 def environment_lines(env: dict[str, Any]) -> list[str]:
-    return [
+    resumed = [f"- resumed {r['date']} (commit {r['commit']}, load {r['load_start']}): the parts measured before were kept"
+               for r in env.get("resumed", [])]
+    return [*resumed,
         f"- commit {env['commit']}{' (working tree with uncommitted changes)' if env['dirty'] else ''}; "
         f"{env['cpus']} CPUs, {env['memory_gib']} GiB; PostgreSQL {env['server_version']} "
         f"(shared_buffers {env['shared_buffers']}, work_mem {env['work_mem_default']}, fsync {env['fsync']})",
@@ -241,8 +243,11 @@ def environment_lines(env: dict[str, Any]) -> list[str]:
 
 def notes(results: dict[str, Any]) -> list[str]:
     facts = results.get("data_phase", {}).get("project_clean", {}).get("facts", {})
+    borrowed = [f"- the runbook at {r['users']:,} users comes from {r['source']}" for r in results.get("runbook", [])
+                if r.get("source")]
     return [
         "Notes:",
+        *borrowed,
         "- data phase (project): vdp_organization, vdp_feature_flag, vdp_org_membership "
         f"(trigger suppression: {facts.get('membership', {}).get('trigger_suppression')}), vdp_coach_assignments and the "
         "ledger record, each a module process as Ansible runs it (Python start-up included); the seed's SQL: "
