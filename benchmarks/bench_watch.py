@@ -212,7 +212,8 @@ def _children_map() -> tuple[dict[int, list[int]], dict[int, tuple[int, str]]]:
 
 
 def _name(entry: Path, fallback: str) -> str:
-    """A readable process name: a module's library file, ansible-playbook, or the program."""
+    """A readable process name: a module's library file, ansible-playbook, or the program (with ansible.cfg's
+    pipelining a module is a bare python reading its payload from stdin: named as such)."""
     try:
         argv = (entry / "cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -221,6 +222,8 @@ def _name(entry: Path, fallback: str) -> str:
     for word in words:
         if "AnsiballZ_" in word or word.endswith("ansible-playbook") or "/library/vdp_" in word:
             return Path(word).name
+    if len(words) == 1 and Path(words[0]).name.startswith("python"):
+        return "a module (pipelined: its name is not on its command line)"
     return Path(words[0]).name if words else fallback
 
 
