@@ -137,7 +137,8 @@ def _progress(world: dict[str, Any], pattern: str) -> bool:
 
 
 def _uploading(box: Sandbox, world: dict[str, Any]) -> Any:
-    """A predicate: the run's backup has an S3 multipart upload open (or its progress file exists)."""
+    """A predicate: the run's backup has its S3 multipart upload open (created, not completed yet); the rehearsal
+    starting first means the upload was missed (then S3 dies under the rehearsal's download instead)."""
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=box.s3["endpoint_url"], region_name=box.region,
@@ -145,11 +146,10 @@ def _uploading(box: Sandbox, world: dict[str, Any]) -> Any:
     prefix = world["vdp_s3"]["prefix"]
 
     def check() -> bool:
-        if "backup" not in _phases(world["run_dir"]):
+        phases = _phases(world["run_dir"])
+        if "backup" not in phases:
             return False
-        if _progress(world, "backup*.json") or "rehearsal" in _phases(world["run_dir"]):
-            return True
-        return bool(s3.list_multipart_uploads(Bucket=box.bucket, Prefix=prefix).get("Uploads"))
+        return "rehearsal" in phases or bool(s3.list_multipart_uploads(Bucket=box.bucket, Prefix=prefix).get("Uploads"))
 
     return check
 
@@ -159,7 +159,13 @@ def _s3_stop(strike: Strike, run: Background, box: Sandbox, world: dict[str, Any
         strike.note = "the backup never ran while watched"
         return
     argv, cwd = stop_s3(box)
-    strike.struck, strike.note = True, "S3 (SeaweedFS) killed as the backup streamed; started again 10 s later"
+    missed = "rehearsal" in _phases(world["run_dir"])
+    strike.struck = True
+    strike.note = (
+        "S3 (SeaweedFS) killed "
+        + ("in the rehearsal (the upload was missed)" if missed else "with the backup's multipart upload open")
+        + "; started again 10 s later"
+    )
     time.sleep(10)
     start_s3(box, argv, cwd)
 
