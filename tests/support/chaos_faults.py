@@ -97,7 +97,7 @@ def _kill(strike: Strike, run: Background, fault: Fault, world: dict[str, Any]) 
         return
     time.sleep(fault.delay)
     lines = [line for line in run.output().splitlines() if line.startswith("TASK [")]
-    where = lines[-1].removeprefix("TASK [").rstrip(" *").replace("]", ":", 1)[:90] if lines else "?"
+    where = lines[-1].removeprefix("TASK [").rstrip(" *").removesuffix("]")[:90] if lines else "?"
     if fault.kind == "kill_tree":
         killed = kill_tree(run.pid)
         strike.note = f"killed {len(killed)} processes in {where}"
