@@ -34,11 +34,7 @@ description:
   - With I(progress_file), writes the bytes dumped and uploaded as they pass (the dump's size is known only at its end,
     so there is no ETA; the note gives the database's size on disk).
 version_added: "1.0.0"
-author: Virtue platform team
-extends_documentation_fragment:
-  - vdp_postgres
-  - vdp_s3
-  - vdp_progress
+extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_s3, vdp_progress]
 options:
   state:
     description: C(present) makes this run's backup; C(pruned) applies retention only.
@@ -134,8 +130,6 @@ attributes:
   diff_mode:
     support: full
     details: Shows the backup key that would be added, or the backups that would be pruned.
-  platform:
-    platforms: posix
 requirements:
   - psycopg >= 3.1
   - boto3

@@ -20,10 +20,7 @@ description:
   - Read-only - it never changes anything, so it runs the same in check mode and always reports changed=false.
   - With I(progress_file) (not in check mode), writes the bytes read back of the object's size, the rate and the ETA.
 version_added: "1.0.0"
-author: Virtue platform team
-extends_documentation_fragment:
-  - vdp_s3
-  - vdp_progress
+extends_documentation_fragment: [vdp_module, vdp_s3, vdp_progress]
 options:
   bucket:
     description: S3 bucket (or I(s3.bucket)); required one way or the other.
@@ -62,8 +59,6 @@ attributes:
     details: Reads only; runs the full verification in check mode too.
   diff_mode:
     support: none
-  platform:
-    platforms: posix
 requirements:
   - boto3
   - pg_restore of the dump's major version or newer

@@ -27,10 +27,7 @@ description:
     valid pairs, the rate and the ETA.
   - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
 version_added: "1.0.0"
-extends_documentation_fragment:
-  - vdp_postgres
-  - vdp_run
-  - vdp_progress
+extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_run, vdp_progress]
 options:
   organization_slug:
     description: Slug of the organization of the assignments (it must exist).
@@ -57,10 +54,6 @@ attributes:
   diff_mode:
     support: full
     description: Number of coach assignments of the organization before and after.
-  platform:
-    platforms: posix
-author:
-  - Virtue platform team
 """
 
 EXAMPLES = r"""

@@ -19,9 +19,7 @@ description:
     C(enabled) are written (C(description) too when given); the table's other columns keep their defaults.
   - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
 version_added: "1.0.0"
-extends_documentation_fragment:
-  - vdp_postgres
-  - vdp_run
+extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_run]
 options:
   names:
     description:
@@ -64,10 +62,6 @@ attributes:
   diff_mode:
     support: full
     description: The flags' values before and after.
-  platform:
-    platforms: posix
-author:
-  - Virtue platform team
 """
 
 EXAMPLES = r"""

@@ -25,9 +25,7 @@ description:
   - The baseline outlives a rollback (a second rollback proves against it again); the next forward run of the
     schema version keeps its summary under another key and takes a fresh one.
 version_added: "1.0.0"
-extends_documentation_fragment:
-  - vdp_postgres
-  - vdp_run
+extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_run]
 options:
   state:
     description: Show, capture once, or re-take with a reason.
@@ -60,10 +58,6 @@ attributes:
   diff_mode:
     support: full
     description: Each table's rows and checksum before and after a re-baseline.
-  platform:
-    platforms: posix
-author:
-  - Virtue platform team
 """
 
 EXAMPLES = r"""

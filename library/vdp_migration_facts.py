@@ -27,9 +27,7 @@ description:
   - Robust to stale planner statistics (every set comparison is a hash or merge join).
   - Never writes and never changes anything; C(failed_checks) lists what the caller must treat as a failure.
 version_added: "1.0.0"
-extends_documentation_fragment:
-  - vdp_postgres
-  - vdp_run
+extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_run]
 options:
   phase:
     description: Which facts to gather.
@@ -71,10 +69,6 @@ attributes:
     description: Read-only in any mode; gathers the same facts.
   diff_mode:
     support: none
-  platform:
-    platforms: posix
-author:
-  - Virtue platform team
 """
 
 EXAMPLES = r"""

@@ -33,8 +33,7 @@ description:
     without user information and with secret-looking query values masked. AWS keys are read by boto3 from its usual
     chain (C(AWS_ACCESS_KEY_ID) / C(AWS_SECRET_ACCESS_KEY) or an instance role), never from options.
 version_added: "1.0.0"
-extends_documentation_fragment:
-  - vdp_postgres
+extends_documentation_fragment: [vdp_module, vdp_postgres]
 options:
   period_seconds:
     description: How long to watch.
@@ -265,10 +264,6 @@ attributes:
   diff_mode:
     support: none
     description: Nothing is changed but alert rows.
-  platform:
-    platforms: posix
-author:
-  - Virtue platform team
 """
 
 EXAMPLES = r"""

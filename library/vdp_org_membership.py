@@ -35,10 +35,7 @@ description:
     profiles, the rate and the ETA.
   - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
 version_added: "1.0.0"
-extends_documentation_fragment:
-  - vdp_postgres
-  - vdp_run
-  - vdp_progress
+extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_run, vdp_progress]
 options:
   organization_slug:
     description: Slug of the organization the profiles join (it must exist; see vdp_organization).
@@ -104,10 +101,6 @@ attributes:
   diff_mode:
     support: full
     description: Counts of profiles without and with the organization, before and after.
-  platform:
-    platforms: posix
-author:
-  - Virtue platform team
 """
 
 EXAMPLES = r"""

@@ -20,9 +20,7 @@ description:
   - Input is validated before connecting; values are stored literally (quotes, semicolons, unicode).
   - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
 version_added: "1.0.0"
-extends_documentation_fragment:
-  - vdp_postgres
-  - vdp_run
+extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_run]
 options:
   slug:
     description:
@@ -67,10 +65,6 @@ attributes:
   diff_mode:
     support: full
     description: The organization's attributes before and after.
-  platform:
-    platforms: posix
-author:
-  - Virtue platform team
 """
 
 EXAMPLES = r"""

@@ -31,8 +31,7 @@ description:
   - Returns C(go) with C(blocking) reasons and C(warnings); it does not fail on a no-go so the
     caller can record the report first. It fails only on invalid input.
 version_added: "1.0.0"
-extends_documentation_fragment:
-  - vdp_postgres
+extends_documentation_fragment: [vdp_module, vdp_postgres]
 options:
   staging:
     description:
@@ -114,10 +113,6 @@ attributes:
     description: The module only reads; it runs the same checks in check mode.
   diff_mode:
     support: none
-  platform:
-    platforms: posix
-author:
-  - Virtue platform team
 """
 
 EXAMPLES = r"""

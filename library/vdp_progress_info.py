@@ -19,6 +19,7 @@ description:
     C(interrupted) when its last update is that old and nothing of the run is connected - the run was killed there.
   - Read-only; nothing is written, so it runs the same in check mode.
 version_added: "1.0.0"
+extends_documentation_fragment: [vdp_module]
 options:
   run_dir:
     description: The run record folder (C(artifacts/runs/<run id>)).
@@ -40,10 +41,6 @@ attributes:
     description: Reads only; the same in check mode.
   diff_mode:
     support: none
-  platform:
-    platforms: posix
-author:
-  - Virtue platform team
 """
 
 EXAMPLES = r"""

@@ -21,9 +21,7 @@ description:
     asked for. The role that calls it (run_report) turns a failure into a warning - the run's outcome is the
     migration's, not the upload's.
 version_added: "1.0.0"
-author: Virtue platform team
-extends_documentation_fragment:
-  - vdp_s3
+extends_documentation_fragment: [vdp_module, vdp_s3]
 options:
   bucket:
     description: S3 bucket (or I(s3.bucket)); required one way or the other.
@@ -61,8 +59,6 @@ attributes:
     details: Reads the objects' metadata only and says which files it would upload.
   diff_mode:
     support: none
-  platform:
-    platforms: posix
 requirements:
   - boto3
 """

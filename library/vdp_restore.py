@@ -38,11 +38,7 @@ description:
   - Idempotent - the restored database carries a comment naming the backup; when it already holds this backup
     with matching row counts, nothing is done (changed=false) unless I(force=true).
 version_added: "1.0.0"
-author: Virtue platform team
-extends_documentation_fragment:
-  - vdp_postgres
-  - vdp_s3
-  - vdp_progress
+extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_s3, vdp_progress]
 options:
   production:
     description:
@@ -147,8 +143,6 @@ attributes:
   diff_mode:
     support: full
     details: Shows which backup the target database would hold.
-  platform:
-    platforms: posix
 requirements:
   - psycopg >= 3.1
   - boto3

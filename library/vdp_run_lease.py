@@ -22,8 +22,7 @@ description:
   - I(state=stop_requested) asks the holding run (or I(run_id)) to stop - its batch loops, backup upload and restore
     stop cleanly at their next safe point.
 version_added: "1.0.0"
-extends_documentation_fragment:
-  - vdp_postgres
+extends_documentation_fragment: [vdp_module, vdp_postgres]
 options:
   run_id:
     description: The run id (the holder to be, or the run to stop; default for I(state=stop_requested) the holder).
@@ -52,10 +51,6 @@ attributes:
     description: Reports what it would take, renew, release or request; writes nothing.
   diff_mode:
     support: none
-  platform:
-    platforms: posix
-author:
-  - Virtue platform team
 """
 
 EXAMPLES = r"""

@@ -21,6 +21,7 @@ description:
   - The run record is a log of what happened, not a change to a managed system - it is written in check mode too,
     and never reported as changed.
 version_added: "1.0.0"
+extends_documentation_fragment: [vdp_module]
 options:
   run_dir:
     description: The run's record folder (artifacts/runs/<run id>).
@@ -81,10 +82,6 @@ attributes:
     description: Writes the record in check mode too (what a dry run found is its point); changes no managed system.
   diff_mode:
     support: none
-  platform:
-    platforms: posix
-author:
-  - Virtue platform team
 """
 
 EXAMPLES = r"""

@@ -32,9 +32,7 @@ description:
   - I(state=recorded) records a version that has no file (the data step, done by the modules).
   - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
 version_added: "1.0.0"
-extends_documentation_fragment:
-  - vdp_postgres
-  - vdp_run
+extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_run]
 options:
   state:
     description:
@@ -77,10 +75,6 @@ attributes:
   diff_mode:
     support: full
     description: The ledger's versions before and after.
-  platform:
-    platforms: posix
-author:
-  - Virtue platform team
 """
 
 EXAMPLES = r"""
