@@ -312,6 +312,11 @@ def test_missing_phases_render_sensibly(sandbox: Sandbox, migrated: dict[str, An
         assert said in text, said
     for phase in ("preflight", "schema", "data"):
         assert phase in text
+    # Never called a success: the phase that never finished is named, and the outcome says so.
+    closed = json.loads((run_dir / "run.json").read_text())
+    assert closed["outcome"] == "interrupted", closed["outcome"]
+    assert closed["verdict"].startswith("STOPPED at data: the phase never finished"), closed["verdict"]
+    assert "succeeded" not in closed["verdict"] and closed["verdict"] in text
 
 
 def test_dry_run_record_says_would(sandbox: Sandbox, migrated: dict[str, Any], tmp_path: Path) -> None:
