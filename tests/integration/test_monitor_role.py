@@ -59,14 +59,15 @@ def test_monitor_playbook_passes_records_and_is_idempotent(sandbox: Any, world: 
     assert alert_rows(world) == []
 
 
-def test_a_breach_fails_the_play_and_is_recorded_even_in_check_mode(sandbox: Any, world: dict[str, Any],
+def test_a_breach_fails_the_play_and_is_recorded_and_shown_in_check_mode(sandbox: Any, world: dict[str, Any],
                                                                      tmp_path: Path) -> None:
     with ControllableApp(status=500) as app:
         extra = gate_vars(sandbox, app.url, tmp_path)
         dry = play(sandbox, world, "playbooks/monitor.yml", "-e", extra, "--check")
         dry_record = record(world, "monitor")
         real = play(sandbox, world, "playbooks/monitor.yml", "-e", extra)
-    assert recap(dry.stdout)["failed"] == 1 and "BREACH" in dry.stdout
+    # A dry run samples once and says what it saw, but never fails (the platform it reads is not migrated yet).
+    assert recap(dry.stdout)["failed"] == 0 and "verdict BREACH" in dry.stdout, dry.stdout[-3000:]
     assert dry_record["verdict"] == "breach" and dry_record["check_mode"] is True
     assert dry_record["migration_pending"] == ["20250104_monitoring"]  # --check applied nothing
     assert recap(real.stdout)["failed"] == 1 and "on_breach=fail: roll back" in real.stdout

@@ -161,7 +161,8 @@ def run_notices(tmp_path: Path, notices: list[str], vdp_notify: dict[str, Any], 
         "      vars:\n        notify_notice: '{{ item }}'\n        notify_context: '{{ test_contexts[item] | default({}) }}'\n"
         "      loop: '{{ test_notices }}'\n"
     )
-    extra = {"vdp_notify": vdp_notify, "vdp_run_dir": str(run_dir), "vdp_run_id": "notify-test",
+    # No database here: the play takes no run lease, as playbooks/notify.yml does not.
+    extra = {"vdp_notify": vdp_notify, "vdp_run_dir": str(run_dir), "vdp_run_id": "notify-test", "run_context_lease": False,
              "test_notices": notices, "test_contexts": CONTEXTS if contexts is None else contexts}
     (tmp_path / "vars.json").write_text(json.dumps(extra))
     env = sb.playbook_env(tmp_path / "no-sandbox", 29430)

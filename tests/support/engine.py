@@ -115,7 +115,10 @@ def fingerprint(info: dict[str, Any], physical: bool = False) -> dict[str, str]:
             "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') "
             "AND n.nspname NOT LIKE 'pg_temp%%' AND n.nspname NOT LIKE 'pg_toast_temp%%'"
         ).fetchone()[0]
-        result["__relations__"] = rels
+        # The run lease's own tables (and their index and sequence) are the runbook's coordination, not a change.
+        result["__relations__"] = ",".join(
+            r for r in rels.split(",") if not any(r.startswith(t) for t in RUN_COORDINATION_TABLES)
+        )
         result["__triggers__"] = str(
             conn.execute(
                 "SELECT string_agg(tgname || tgenabled::text, ',' ORDER BY 1) FROM pg_trigger WHERE NOT tgisinternal"
