@@ -20,7 +20,7 @@ ARGS ?=
 CHAOS_ARGS ?=
 PLAY := $(BIN)/ansible-playbook -i $(INVENTORY) $(ARGS)
 
-.PHONY: help bootstrap demo test lint pytest molecule sandbox-up sandbox-down sandbox-status sandbox-reset \
+.PHONY: help bootstrap demo test test-extended test-all lint pytest molecule sandbox-up sandbox-down sandbox-status sandbox-reset \
         fixture preflight migrate dry-run status stop rollback report bench chaos clean
 
 help: ## List the targets
@@ -86,6 +86,12 @@ molecule: bootstrap ## The Molecule scenario alone (converge + idempotence)
 
 test: bootstrap ## Everything CI runs: lint + pytest + Molecule; non-zero on any failure
 	bash scripts/test.sh
+
+test-extended: bootstrap ## The long tests make test leaves out (tests/extended.txt; about 30 min on 2 cores)
+	$(BIN)/pytest -q -n 3 --dist loadfile -m extended
+
+test-all: bootstrap ## make test with the extended tests too
+	VDP_TEST_SELECT= bash scripts/test.sh
 
 bench: BENCH_USERS = $(if $(filter command line,$(origin USERS)),$(USERS),1000000)
 bench: sandbox-up ## Project vs the seed's psql / pg_dump / pg_restore, same data, one run: benchmarks/results/ (1M users; USERS=100000 quick)

@@ -1,7 +1,8 @@
 """Session fixtures: a real sandbox (PostgreSQL x2 + SeaweedFS S3) and legacy databases built from the fixture.
 
 - `sandbox`: the project's own sandbox role started once per test session in a temp folder on ports
-  VDP_TEST_PORT_BASE (default 25430) .. +13; stopped at the end (VDP_TEST_KEEP_SANDBOX=1 keeps it).
+  VDP_TEST_PORT_BASE (default 25430) .. +15, plus 40 per pytest-xdist worker; stopped at the end
+  (VDP_TEST_KEEP_SANDBOX=1 keeps it).
 - `legacy_db(shape, users, seed)`: a fresh database holding the legacy fixture. Each (shape, users, seed) is
   generated once into a template database; every call clones it (CREATE DATABASE ... TEMPLATE), so tests
   are isolated and fast.
@@ -29,6 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # fixtures/ and benchmarks/ are importable as packages
 
 
+def _extended() -> set[str]:
+    lines = (ROOT / "tests" / "extended.txt").read_text().splitlines()
+    return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests tests/extended.txt lists `extended` (make test deselects them; make test-extended runs them)."""
+    listed = _extended()
+    for item in items:
+        if item.nodeid in listed or item.nodeid.split("[")[0] in listed:
+            item.add_marker(pytest.mark.extended)
+
+
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return ROOT
@@ -36,9 +50,13 @@ def project_root() -> Path:
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[sandbox_support.Sandbox]:
-    port_base = int(os.environ.get("VDP_TEST_PORT_BASE", "25430"))
+    # Under pytest-xdist each worker (gw0, gw1, ...) gets its own sandbox 40 ports further on.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    port_base = int(os.environ.get("VDP_TEST_PORT_BASE", "25430")) + 40 * index
     keep = os.environ.get("VDP_TEST_KEEP_SANDBOX") == "1"
-    folder = Path(os.environ.get("VDP_TEST_SANDBOX_DIR") or tempfile.mkdtemp(prefix="vdp-test-sandbox-"))
+    chosen = os.environ.get("VDP_TEST_SANDBOX_DIR")
+    folder = Path(f"{chosen}-{worker}" if chosen and index else chosen or tempfile.mkdtemp(prefix="vdp-test-sandbox-"))
     os.chmod(folder, 0o755)  # noqa: S103 - the postgres system user must traverse it
     box = sandbox_support.start(folder, port_base)
     try:
