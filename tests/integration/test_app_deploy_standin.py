@@ -116,3 +116,21 @@ def test_a_wrong_admin_token_is_named_without_printing_it(sandbox: Sandbox, worl
     error = json.loads((world["run_dir"] / "deploy.json").read_text())["actions"]["maintenance_start"]["error"]
     assert "answered 401" in error and "vdp_app.admin_token" in error, error
     assert standin.call("GET", "/health")[1]["maintenance"] is False
+
+
+def test_a_run_that_takes_over_a_crashed_run_returns_the_app_to_its_state_before_the_crash(
+    sandbox: Sandbox, world: dict[str, Any], standin: StandIn, tmp_path: Path
+) -> None:
+    """A run killed after maintenance start leaves the app in maintenance; the run that takes over its lease must
+    return the app to what the crashed run recorded, not to the maintenance it finds (the chaos suite's kill_tree)."""
+    vars_file = _vars(world, standin, tmp_path)
+    crashed = _run(sandbox, world, vars_file, "maintenance_start")
+    assert crashed.returncode == 0, crashed.stdout[-3000:]
+    assert standin.call("GET", "/health")[1]["maintenance"] is True
+    taker_dir = world["run_dir"].parent / "taker"
+    taker = _run(sandbox, world, vars_file, "maintenance_start", "-e", "vdp_run_id=taker", "-e", f"vdp_run_dir={taker_dir}",
+                 "-e", f"vdp_lease_takeover={world['vdp_run_id']}", "-e", "run_context_lease=false")
+    assert taker.returncode == 0, taker.stdout[-3000:]
+    state = json.loads((taker_dir / "app_state.json").read_text())
+    assert state["standin"]["maintenance"] is False and state["standin"]["version"] == "legacy-1", state
+    assert state["carried_from_run"] == world["vdp_run_id"]
