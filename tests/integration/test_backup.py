@@ -19,17 +19,10 @@ import psycopg
 import pytest
 from botocore.config import Config
 
+from tests.support.code import module_utils
 from tests.support.sandbox import Sandbox
 
-LEGACY = [
-    "auth.users",
-    "public.profiles",
-    "public.sponsor_practitioner_relationships",
-    "public.virtues",
-    "public.user_virtue_progress",
-    "public.feature_flags",
-    "public.user_sessions",
-]
+LEGACY = list(module_utils("vdp_legacy").LEGACY_TABLES)  # the tables the backup's manifest counts
 
 
 # --------------------------------------------------------------------------- helpers
