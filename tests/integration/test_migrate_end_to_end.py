@@ -58,6 +58,7 @@ def test_check_mode_then_real_run_then_no_op(sandbox: Sandbox, world: dict[str, 
     with psycopg.connect(**sandbox.pg("staging", "postgres")) as c:
         assert c.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (stg["dbname"],)).fetchone()[0] == 0
     assert "=> dry run: would migrate" in checked.stdout
+    assert "budgets: not judged in a dry run" in checked.stdout  # nothing ran that a budget could measure
 
     # The real run: every phase in order, the app on the new release with the flags on, the notices sent.
     first = play(sandbox, world, "migrate.yml", "-e", f"@{settings}")
