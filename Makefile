@@ -62,9 +62,10 @@ status: bootstrap ## Where a running or interrupted migration stands (INVENTORY)
 stop: bootstrap ## Ask the running migration to stop cleanly between batches (INVENTORY)
 	$(PLAY) playbooks/stop.yml
 
-rollback: bootstrap ## Roll run RUN back with STRATEGY=flags|extended|full (full also needs ARGS='-e rollback_confirm=...')
+rollback: bootstrap ## Roll run RUN back with STRATEGY=flags|extended|full (full also needs CONFIRM='I understand this overwrites production')
 	@test -n "$(RUN)" || { echo "make rollback needs RUN=<the migration's run id> (ls artifacts/runs/)"; exit 2; }
-	$(PLAY) playbooks/rollback.yml -e vdp_run_id=$(RUN) -e rollback_strategy=$(STRATEGY)
+	$(PLAY) playbooks/rollback.yml -e vdp_run_id=$(RUN) -e rollback_strategy=$(STRATEGY) \
+	  $(if $(CONFIRM),-e 'rollback_confirm="$(CONFIRM)"')
 
 demo: fixture ## Sandbox + legacy platform + migrate.yml end to end, then the run record's path (run.html last)
 	@start=$$(date +%s); rc=0; \
