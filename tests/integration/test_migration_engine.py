@@ -238,6 +238,18 @@ def test_second_concurrent_run_fails_fast_naming_the_holder(db: Any, run_module:
     assert scalar(info, "SELECT count(*) FROM public.practitioner_assignments") == 0  # the refused run wrote nothing
 
 
+def _release_after_a_timed_out_wait(info: dict[str, Any], blocker: Any, after: float) -> None:
+    """Roll the blocker back `after` seconds (longer than the attempt's lock_timeout) after a session first waits
+    for a lock on public.profiles."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if scalar(info, "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'public.profiles'::regclass"):
+            time.sleep(after)
+            break
+        time.sleep(0.05)
+    blocker.rollback()
+
+
 def test_lock_timeout_on_ddl_is_retried_then_reported(db: Any, run_module: Any) -> None:
     info = db()
     blocker = psycopg.connect(**info)
@@ -248,8 +260,9 @@ def test_lock_timeout_on_ddl_is_retried_then_reported(db: Any, run_module: Any) 
         assert result.failed and time.monotonic() - started < 10
         assert "timed out waiting for a lock" in result["msg"]
         assert scalar(info, "SELECT to_regclass('public.organizations')") is None  # nothing applied
-        # Release the blocker while the module retries: it succeeds on a later attempt.
-        threading.Timer(0.8, blocker.rollback).start()
+        # Release the blocker while the module retries: it succeeds on a later attempt. Released only once an
+        # attempt has been seen waiting and has timed out (a fixed timer raced the module's start on a loaded machine).
+        threading.Thread(target=_release_after_a_timed_out_wait, args=(info, blocker, 0.6), daemon=True).start()
         result = apply_schema(run_module, info, lock_timeout="300ms", lock_retries=5, lock_retry_backoff=0.2)
         assert not result.failed, result.get("msg")
         assert result["applied"][0]["attempts"] > 1
