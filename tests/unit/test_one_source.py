@@ -123,3 +123,14 @@ def test_readme_states_the_roles_run_wide_defaults() -> None:
     assert row, "the README's knobs table lacks the monitor gate's period and interval"
     assert (int(row.group(1)), int(row.group(2))) == (monitor["monitor_period_seconds"], monitor["monitor_interval_seconds"])
 
+
+
+def test_every_extended_test_listed_exists() -> None:
+    """tests/extended.txt names tests that exist: a renamed test would otherwise slip back into make test unnoticed."""
+    for line in (ROOT / "tests" / "extended.txt").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        path, _, name = line.strip().partition("::")
+        source = ROOT / path
+        assert source.is_file(), line
+        assert f"def {name.split('[')[0]}(" in source.read_text(), line
