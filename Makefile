@@ -79,8 +79,8 @@ demo: fixture ## Sandbox + legacy platform + migrate.yml end to end, then the ru
 lint: bootstrap ## ruff, yamllint, ansible-lint (production), ansible-doc, squawk
 	bash scripts/lint.sh
 
-pytest: bootstrap ## The pytest suite alone (real PostgreSQL, S3, Prometheus, SMTP)
-	$(BIN)/pytest
+pytest: bootstrap ## make test's pytest part alone (real PostgreSQL, S3, Prometheus, SMTP; extended tests left out)
+	$(BIN)/pytest -q -n 3 --dist loadfile -m "not extended"
 
 molecule: bootstrap ## The Molecule scenario alone (converge + idempotence)
 	$(BIN)/molecule test --all
