@@ -19,6 +19,8 @@ STRATEGY ?= flags
 ARGS ?=
 CHAOS_ARGS ?=
 PLAY := $(BIN)/ansible-playbook -i $(INVENTORY) $(ARGS)
+# pytest as make test runs it (scripts/test.sh): three workers, a test file per worker at a time.
+PYTEST := $(BIN)/pytest -q -n 3 --dist loadfile
 
 .PHONY: help bootstrap demo test test-extended test-all lint pytest molecule sandbox-up sandbox-down sandbox-status sandbox-reset \
         fixture preflight migrate dry-run status stop rollback report bench chaos clean
@@ -80,7 +82,7 @@ lint: bootstrap ## ruff, yamllint, ansible-lint (production), ansible-doc, squaw
 	bash scripts/lint.sh
 
 pytest: bootstrap ## make test's pytest part alone (real PostgreSQL, S3, Prometheus, SMTP; extended tests left out)
-	$(BIN)/pytest -q -n 3 --dist loadfile -m "not extended"
+	$(PYTEST) -m "not extended"
 
 molecule: bootstrap ## The Molecule scenario alone (converge + idempotence)
 	$(BIN)/molecule test --all
@@ -89,7 +91,7 @@ test: bootstrap ## Everything CI runs: lint + pytest + Molecule; non-zero on any
 	bash scripts/test.sh
 
 test-extended: bootstrap ## The long tests make test leaves out (tests/extended.txt; about 30 min on 2 cores)
-	$(BIN)/pytest -q -n 3 --dist loadfile -m extended
+	$(PYTEST) -m extended
 
 test-all: bootstrap ## make test with the extended tests too
 	VDP_TEST_SELECT= bash scripts/test.sh

@@ -24,20 +24,16 @@ import pytest
 
 from tests.support import sandbox as sandbox_support
 from tests.support.modrun import run_module as _run_module
+from tests.support.tiers import extended_tests
 from tests.support.world import make_world
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # fixtures/ and benchmarks/ are importable as packages
 
 
-def _extended() -> set[str]:
-    lines = (ROOT / "tests" / "extended.txt").read_text().splitlines()
-    return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the tests tests/extended.txt lists `extended` (make test deselects them; make test-extended runs them)."""
-    listed = _extended()
+    listed = extended_tests()
     for item in items:
         if item.nodeid in listed or item.nodeid.split("[")[0] in listed:
             item.add_marker(pytest.mark.extended)

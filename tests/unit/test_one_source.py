@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.support.code import ROOT, library, module_utils
+from tests.support.tiers import extended_tests
 
 names: Any = module_utils("vdp_names")
 lockwait: Any = module_utils("vdp_lockwait")
@@ -127,10 +128,8 @@ def test_readme_states_the_roles_run_wide_defaults() -> None:
 
 def test_every_extended_test_listed_exists() -> None:
     """tests/extended.txt names tests that exist: a renamed test would otherwise slip back into make test unnoticed."""
-    for line in (ROOT / "tests" / "extended.txt").read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        path, _, name = line.strip().partition("::")
+    for line in sorted(extended_tests()):
+        path, _, name = line.partition("::")
         source = ROOT / path
         assert source.is_file(), line
         assert f"def {name.split('[')[0]}(" in source.read_text(), line
