@@ -1,18 +1,13 @@
 # Documentation of the connection options every vdp_* PostgreSQL module takes (module_utils/vdp_pg.py's
 # pg_connection_argument_spec), written once: modules say `extends_documentation_fragment: [vdp_postgres]`.
+# The keys of an inventory database dict (vdp_pg.DB_OPTIONS) are written once too, in DB_KEYS: `db` here, and the
+# options that name a second database - vdp_postgres.staging (vdp_preflight) and vdp_postgres.production
+# (vdp_restore) - take them from it; the module that extends those gives the option's description.
 """Doc fragment: PostgreSQL connection options of the vdp_* modules."""
 
 from __future__ import annotations
 
-
-class ModuleDocFragment:
-    DOCUMENTATION = r"""
-options:
-  db:
-    description:
-      - The database as the inventory describes it (C(vdp_production_db), C(vdp_staging_db)) - host, port, dbname, user,
-        password, ssl_mode, ca_cert. Its keys fill the C(login_*) options below; roles pass the whole dict.
-    type: dict
+DB_KEYS = r"""    type: dict
     suboptions:
       host: {description: Host., type: str, required: true}
       port: {description: Port., type: int, default: 5432}
@@ -25,7 +20,20 @@ options:
         default: prefer
         choices: [disable, allow, prefer, require, verify-ca, verify-full]
       ca_cert: {description: CA certificate file., type: path}
-  login_host:
+"""
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = (
+        r"""
+options:
+  db:
+    description:
+      - The database as the inventory describes it (C(vdp_production_db), C(vdp_staging_db)) - host, port, dbname, user,
+        password, ssl_mode, ca_cert. Its keys fill the C(login_*) options below; roles pass the whole dict.
+"""
+        + DB_KEYS
+        + r"""  login_host:
     description: Database host (libpq C(PGHOST) when omitted).
     type: str
     aliases: [host]
@@ -86,3 +94,7 @@ options:
     type: str
     default: ""
 """
+    )
+
+    STAGING = "options:\n  staging:\n" + DB_KEYS
+    PRODUCTION = "options:\n  production:\n" + DB_KEYS

@@ -31,24 +31,12 @@ description:
   - Returns C(go) with C(blocking) reasons and C(warnings); it does not fail on a no-go so the
     caller can record the report first. It fails only on invalid input.
 version_added: "1.0.0"
-extends_documentation_fragment: [vdp_module, vdp_postgres]
+extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_postgres.staging]
 options:
   staging:
     description:
       - The staging (rehearsal) database. Omit to skip its checks (a warning says the rehearsal cannot be verified).
-    type: dict
-    suboptions:
-      host: {description: Host., type: str, required: true}
-      port: {description: Port., type: int, default: 5432}
-      dbname: {description: Database., type: str, required: true}
-      user: {description: Role., type: str}
-      password: {description: Password (PGPASSWORD applies when omitted). Never printed., type: str, no_log: true}
-      ssl_mode:
-        description: libpq sslmode.
-        type: str
-        default: prefer
-        choices: [disable, allow, prefer, require, verify-ca, verify-full]
-      ca_cert: {description: CA certificate file., type: path}
+    type: dict  # its keys (suboptions) come from the doc fragment vdp_postgres.staging
   s3:
     description: The backup bucket. Omit to skip the S3 checks (a warning says so).
     type: dict

@@ -38,26 +38,14 @@ description:
   - Idempotent - the restored database carries a comment naming the backup; when it already holds this backup
     with matching row counts, nothing is done (changed=false) unless I(force=true).
 version_added: "1.0.0"
-extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_s3, vdp_progress]
+extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_postgres.production, vdp_s3, vdp_progress]
 options:
   production:
     description:
       - The production database (vdp_production_db) the guard compares the target with - host, port, dbname, user and
         password (PGPASSWORD when omitted). Required.
-    type: dict
+    type: dict  # its keys (suboptions) come from the doc fragment vdp_postgres.production
     required: true
-    suboptions:
-      host: {description: Host., type: str, required: true}
-      port: {description: Port., type: int, default: 5432}
-      dbname: {description: Database., type: str, required: true}
-      user: {description: Role., type: str}
-      password: {description: Password (PGPASSWORD applies when omitted). Never printed., type: str, no_log: true}
-      ssl_mode:
-        description: libpq sslmode.
-        type: str
-        default: prefer
-        choices: [disable, allow, prefer, require, verify-ca, verify-full]
-      ca_cert: {description: CA certificate file., type: path}
   production_confirmation:
     description:
       - The exact phrase C(I understand this overwrites production) lets the target be production (the rollback's full
