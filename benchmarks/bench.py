@@ -13,6 +13,8 @@ At --users N (and N/10 for what is measured at two sizes) on the embedded sandbo
 and writes benchmarks/results/<date>-<N>.md (the tables, printed at the end) and .json (every figure), after each
 part: a run stopped half-way (Ctrl-C, SIGTERM, a failed step) leaves what it measured, marked partial.
   .venv/bin/python benchmarks/bench.py --render benchmarks/results/<date>-<N>.json    writes the .md again
+  scripts/bench.sh 100000 --only data --quick --out DIR     the data phase at one size only: seed vs project with the
+                                                            lock sampler and probe, and the project's no-op re-run
 
 It replaces production's `virtue` database of the sandbox with the fixture (as `make fixture` does) and leaves it
 migrated; bench_* databases are dropped at the end unless --keep. Needs PGPASSWORD, AWS_ACCESS_KEY_ID and
@@ -51,6 +53,9 @@ def parse() -> argparse.Namespace:
                    help="the seed's SQL at work_mem = 1MB is stopped after this many times its default-work_mem time")
     p.add_argument("--monitor-period", type=int, default=10, help="monitor_period_seconds of the runbook runs")
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run ({', '.join(PARTS)})")
+    p.add_argument("--quick", action="store_true",
+                   help="the data part measures the clean copy only: seed vs project (locks, probe) and the project's "
+                        "no-op re-run; no messy or work_mem runs. With --only data: one size, no small fixture")
     p.add_argument("--reuse", action="store_true", help="reuse kept fixtures / templates built by the same code (implies --keep)")
     p.add_argument("--keep", action="store_true", help="keep the bench_* fixture and template databases")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -78,22 +83,27 @@ def environment(sb: Sandbox, args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), commit=commit, dirty=dirty, cpus=os.cpu_count(),
         memory_gib=round(memory_kb / 2**20), server_version=settings["server_version"], shared_buffers=settings["shared_buffers"],
-        work_mem_default=settings["work_mem"], fsync=settings["fsync"], load_start=load_average(), sizes=[args.small, args.users],
+        work_mem_default=settings["work_mem"], fsync=settings["fsync"], load_start=load_average(),
+        sizes=[args.small, args.users] if "runbook" in args.parts else [args.users],
         shape=SHAPE, monitor_period_seconds=args.monitor_period, repeat=args.repeat, sandbox_port_base=sb.base,
+        parts=sorted(args.parts), quick=args.quick,
     )
 
 
 def measure(sb: Sandbox, args: argparse.Namespace, results: dict[str, Any], save: Any) -> None:
     """Every part asked for, the figures saved after each (a run stopped half-way still reports what it measured)."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    print(f"== fixtures ({args.small:,} and {args.users:,} users)", flush=True)
-    fx_small, results["fixture_small"] = fixture(sb, args.small, args.reuse)
+    sizes = (args.small, args.users) if "runbook" in args.parts else (args.users,)  # the small size is the runbook's
+    print(f"== fixtures ({' and '.join(f'{n:,}' for n in sizes)} users)", flush=True)
+    fx_small = ""
+    if "runbook" in args.parts:
+        fx_small, results["fixture_small"] = fixture(sb, args.small, args.reuse)
     fx_big, results["fixture"] = fixture(sb, args.users, args.reuse)
     results["environment"]["fixture"] = {k: v for k, v in results["fixture"].items() if k not in ("reused", "seconds")}
     save()
     if "data" in args.parts and "data_phase" not in results:
         print(f"== data phase vs the seed's SQL ({args.users:,} users)", flush=True)
-        results["data_phase"] = data_phase(sb, args.users, fx_big, args.reuse, args.repeat, args.cap_factor)
+        results["data_phase"] = data_phase(sb, args.users, fx_big, args.reuse, args.repeat, args.cap_factor, args.quick)
         save()
     if "backup" in args.parts and "backup_restore" not in results:
         print(f"== backup and restore vs pg_dump / pg_restore ({args.users:,} users)", flush=True)
@@ -114,7 +124,7 @@ def measure(sb: Sandbox, args: argparse.Namespace, results: dict[str, Any], save
                                              partial=results["runbook"][-1], save=save)
             save()
     if not args.keep:
-        for n in (args.small, args.users):
+        for n in sizes:
             drop_templates(sb, n)
             drop(sb, sb.prod_port, f"bench_fx_{n}")
 

@@ -12,7 +12,8 @@ Every timed run starts on a fresh file copy of a template, after a CHECKPOINT, w
 (bench_watch.py) on it. The project's data phase is the role org_data_migration's modules, each a real module
 process as Ansible runs it: vdp_organization, vdp_feature_flag, vdp_org_membership, vdp_coach_assignments, the
 ledger record; the indexes step (CREATE INDEX CONCURRENTLY, VALIDATE CONSTRAINT) is timed apart, since the seed's
-baseline has no index SQL to compare with. work_mem: the same runs on a copy with ALTER DATABASE ... SET work_mem;
+baseline has no index SQL to compare with. Then the same modules run again on the migrated copy (the no-op
+re-run: a step that finds nothing to do), timed apart. work_mem: the same runs on a copy with ALTER DATABASE ... SET work_mem;
 the seed's run there is stopped at a cap (statement_timeout) and reported as "more than".
 """
 
@@ -186,7 +187,6 @@ def project_run(
             label, name, args = indexes_step(sb, db)
             steps[label], _ = timed_module(name, args, "the indexes step")
         ended = time.monotonic()
-    drop(sb, sb.prod_port, db)
     out: dict[str, Any] = dict(
         seconds=round(data_end - started, 3), steps={k: round(v, 3) for k, v in steps.items()}, facts=facts,
         data=w.summary(started, data_end),
@@ -194,7 +194,24 @@ def project_run(
     if indexes:
         out["indexes_seconds"] = round(steps["indexes"], 3)
         out["with_indexes"] = w.summary(started, ended)
+        out["noop"] = noop_run(sb, db)
+    drop(sb, sb.prod_port, db)
     return out
+
+
+def noop_run(sb: Sandbox, db: str) -> dict[str, Any]:
+    """The same data steps and indexes step again on the migrated copy, as a re-run finds it: nothing to do.
+    Each module's seconds (its process start-up included) and what it reports."""
+    steps: dict[str, float] = {}
+    facts: dict[str, Any] = {}
+    checkpoint(sb, sb.prod_port)
+    started = time.monotonic()
+    for label, name, args in [*data_steps(sb, db), indexes_step(sb, db)]:
+        steps[label], result = timed_module(name, args, f"{label} ({name}), again")
+        facts[label] = {k: result.get(k) for k in ("changed", "duration_ms", "inserted", "migrated") if k in result}
+    changed = [label for label, f in facts.items() if f.get("changed")]  # a re-run that changes something: shown
+    return dict(seconds=round(time.monotonic() - started, 3), steps={k: round(v, 3) for k, v in steps.items()}, facts=facts,
+                changed=changed)
 
 
 def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -215,20 +232,28 @@ def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return top
 
 
-def data_phase(sb: Sandbox, users: int, fx: str, reuse: bool, repeat: int, cap_factor: float) -> dict[str, Any]:
-    """Every data-phase figure at one size: seed vs project (clean), messy, work_mem = 1MB."""
-    messy, clean = template(sb, fx, users, False, reuse), template(sb, fx, users, True, reuse)
-    out: dict[str, Any] = dict(users=users)
-    print("  the seed's SQL on the messy copy (expected to fail)", flush=True)
-    out["seed_messy"] = seed_run(sb, messy, watch=False)
+def data_phase(
+    sb: Sandbox, users: int, fx: str, reuse: bool, repeat: int, cap_factor: float, quick: bool = False
+) -> dict[str, Any]:
+    """Every data-phase figure at one size: seed vs project (clean) with the project's no-op re-run, messy, work_mem =
+    1MB. quick: only the clean copy's runs (seed vs project, locks, probe, the no-op re-run)."""
+    clean = template(sb, fx, users, True, reuse)
+    out: dict[str, Any] = dict(users=users, quick=quick)
+    if not quick:
+        print("  the seed's SQL on the messy copy (expected to fail)", flush=True)
+        out["seed_messy"] = seed_run(sb, template(sb, fx, users, False, reuse), watch=False)
     seeds, projects = [], []
     for attempt in range(repeat):
         print(f"  clean copy, run {attempt + 1} of {repeat}: the seed's SQL, then the project's data phase", flush=True)
         seeds.append(seed_run(sb, clean))
         projects.append(project_run(sb, clean))
     out["seed_clean"], out["project_clean"] = best(seeds), best(projects)
+    out["project_clean"]["noop"] = min((p["noop"] for p in projects), key=lambda n: n["seconds"])
+    out["project_clean"]["noop"]["all_seconds"] = [p["noop"]["seconds"] for p in projects]
+    if quick:
+        return out
     print("  the project's data phase on the messy copy", flush=True)
-    out["project_messy"] = project_run(sb, messy)
+    out["project_messy"] = project_run(sb, template(sb, fx, users, False, reuse))
     out.update(work_mem_runs(sb, clean, out["seed_clean"]["seconds"], cap_factor))
     return out
 

@@ -37,20 +37,41 @@ def data_rows(d: dict[str, Any]) -> list[Row]:
     users = d["users"]
     project, seed = d["project_clean"], d["seed_clean"]
     r = ratio(project["seconds"], seed["seconds"])
-    messy_seed = d["seed_messy"]
+    rows: list[Row] = [
+        (f"data phase, {users:,} users, clean copy (best of {len(project['all_seconds'])})", sec(project["seconds"]),
+         f"seed's SQL by psql {sec(seed['seconds'])}", rx(r), "<= 1.5", met(r is not None and r <= 1.5)),
+        *messy_rows(d),
+        ("indexes step after it (CONCURRENTLY, VALIDATE; the seed's SQL has none)", sec(project.get("indexes_seconds")),
+         "-", "-", "-", "-"),
+        *noop_rows(project),
+    ]
+    return rows + lock_rows(project, seed) + probe_rows(project, seed)
+
+
+def messy_rows(d: dict[str, Any]) -> list[Row]:
+    """The messy copy's row (not measured by a --quick run)."""
+    messy_seed = d.get("seed_messy")
+    if messy_seed is None or "project_messy" not in d:
+        return []
     seed_messy_text = sec(messy_seed["seconds"])
     if messy_seed["exit_code"]:
         error = messy_seed["error"].split("ERROR:", 1)[-1].strip()
         seed_messy_text = f"fails after {seed_messy_text} (psql exit {messy_seed['exit_code']}: {error[:90]})"
-    rows: list[Row] = [
-        (f"data phase, {users:,} users, clean copy (best of {len(project['all_seconds'])})", sec(project["seconds"]),
-         f"seed's SQL by psql {sec(seed['seconds'])}", rx(r), "<= 1.5", met(r is not None and r <= 1.5)),
-        ("data phase on the messy data (orphans, self, duplicates)", sec(d["project_messy"]["seconds"]), seed_messy_text,
-         "-", "-", "-"),
-        ("indexes step after it (CONCURRENTLY, VALIDATE; the seed's SQL has none)", sec(project.get("indexes_seconds")),
-         "-", "-", "-", "-"),
-    ]
-    return rows + lock_rows(project, seed) + probe_rows(project, seed)
+    return [("data phase on the messy data (orphans, self, duplicates)", sec(d["project_messy"]["seconds"]), seed_messy_text,
+             "-", "-", "-")]
+
+
+def noop_rows(project: dict[str, Any]) -> list[Row]:
+    """The same modules again on the migrated copy (nothing to do) against the first run (data + indexes steps)."""
+    noop = project.get("noop")
+    if not noop:
+        return []
+    first = project["seconds"] + (project.get("indexes_seconds") or 0.0)
+    slowest = max(noop["steps"].items(), key=lambda kv: kv[1])
+    changed = f"; CHANGED: {', '.join(noop['changed'])}" if noop.get("changed") else ""
+    return [(f"no-op re-run of the data phase (same modules, indexes step included; slowest: {slowest[0]} "
+             f"{sec(slowest[1])}{changed}) / first run", sec(noop["seconds"]), sec(first), rx(ratio(noop["seconds"], first)),
+             "a few s", "-")]
 
 
 def _hold(locks: dict[str, Any]) -> tuple[float, str]:
@@ -202,7 +223,7 @@ def markdown(results: dict[str, Any]) -> str:
     rows: list[Row] = data_rows(data) if data else []
     rows += rerun_rows(big) if big.get("again") else []
     rows += backup_rows(backup) if backup else []
-    rows += work_mem_rows(data, env["work_mem_default"]) if data else []
+    rows += work_mem_rows(data, env["work_mem_default"]) if data and "project_work_mem_1mb" in data else []
     rows += memory_rows(small, big) if small and big else []
     users = env["sizes"][-1]
     period = env["monitor_period_seconds"]
@@ -215,10 +236,11 @@ def markdown(results: dict[str, Any]) -> str:
 
 def missing(results: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
     """A line naming the parts this run did not measure (an interrupted or partial run), or nothing."""
-    absent = [name for key, name in (("data_phase", "data phase"), ("backup_restore", "backup and restore"))
-              if key not in results]
+    asked = set(results["environment"].get("parts") or ("data", "backup", "runbook"))  # --only: the rest is not missing
+    parts = (("data_phase", "data", "data phase"), ("backup_restore", "backup", "backup and restore"))
+    absent = [name for key, part, name in parts if key not in results and part in asked]
     sizes = results["environment"]["sizes"]
-    if len(runs) < 2 or not runs[-1].get("again"):
+    if "runbook" in asked and (len(runs) < 2 or not runs[-1].get("again")):
         absent.append(f"the runbook at {', '.join(f'{n:,}' for n in sizes)} users (measured: "
                       f"{', '.join(format(r['users'], ',') for r in runs) or 'none'})")
     if not absent:
@@ -229,7 +251,10 @@ def missing(results: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
 def environment_lines(env: dict[str, Any]) -> list[str]:
     resumed = [f"- resumed {r['date']} (commit {r['commit']}, load {r['load_start']}): the parts measured before were kept"
                for r in env.get("resumed", [])]
-    return [*resumed,
+    asked = env.get("parts")
+    quick = " (--quick: the clean copy only)" if env.get("quick") else ""
+    only = [f"- parts measured: {', '.join(asked)}{quick}"] if asked and len(asked) < 3 else []
+    return [*resumed, *only,
         f"- commit {env['commit']}{' (working tree with uncommitted changes)' if env['dirty'] else ''}; "
         f"{env['cpus']} CPUs, {env['memory_gib']} GiB; PostgreSQL {env['server_version']} "
         f"(shared_buffers {env['shared_buffers']}, work_mem {env['work_mem_default']}, fsync {env['fsync']})",
