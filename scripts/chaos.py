@@ -9,7 +9,9 @@ S3 killed during the backup upload; the staging server stopped during the restor
 profiles during the schema phase. `--seed` makes the kill points reproducible (printed at the start).
 
 Runs on a sandbox of its own (ports from VDP_CHAOS_PORT_BASE, default 33430; folder --sandbox-dir, default a new
-temp folder, stopped at the end unless --keep-sandbox). Exit status 1 when any fault did not converge.
+temp folder, stopped at the end unless --keep-sandbox). The faults of one world (the kills, the lock) run --jobs at a
+time (default 2), each in its own world; those that stop a server every world shares run alone, after them. The table
+is rewritten after every fault (a stopped suite keeps what it found). Exit status 1 when any fault did not converge.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import os
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +40,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--kills", type=int, default=10, help="random kill points (default 10)")
     parser.add_argument("--faults", default=",".join(OTHERS), help=f"the other faults, comma-separated ({','.join(OTHERS)})")
     parser.add_argument("--users", type=int, default=2000, help="legacy fixture size (default 2000)")
+    parser.add_argument("--jobs", type=int, default=2, help="faults of one world run side by side (default 2)")
     parser.add_argument("--control", action="store_true", help="also a second uninterrupted run, as a control row")
     parser.add_argument("--sandbox-dir", type=Path, default=None, help="sandbox folder (default: a new temp folder)")
     parser.add_argument("--keep-sandbox", action="store_true", help="leave the sandbox running at the end")
@@ -71,49 +73,54 @@ def main() -> int:
         f"chaos: seed {seed} (reproduce with: make chaos CHAOS_ARGS='--seed {seed}'), sandbox {folder} on {port_base}+",
         flush=True,
     )
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"chaos-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.md"
     box = sandbox_support.start(folder, port_base)
     worlds = Path(tempfile.mkdtemp(prefix="vdp-chaos-worlds-"))
     try:
         chaos = Chaos(
             box, template(box, args.users), worlds, tuple(args.ansible_args.split()), log=lambda line: print(line, flush=True)
         )
-        outcomes = run_all(chaos, args, seed)
+        outcomes = run_all(chaos, args, seed, path)
     finally:
         if not args.keep_sandbox:
             sandbox_support.stop(box)
-    text = report(outcomes, seed, args)
-    print("\n" + text, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"chaos-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.md"
-    path.write_text(text + "\n")
-    print(f"\nwritten to {path} (run logs in {worlds})")
-    return 0 if all(o.converged for o in outcomes) else 1
+    print(f"\n{path.read_text()}\nwritten to {path} (run logs in {worlds})", flush=True)
+    return 0 if outcomes and all(o.converged for o in outcomes) else 1
 
 
-def run_all(chaos: Chaos, args: argparse.Namespace, seed: int) -> list[Outcome]:
+def run_all(chaos: Chaos, args: argparse.Namespace, seed: int, path: Path) -> list[Outcome]:
     print("reference: an uninterrupted run", flush=True)
     outcomes = [chaos.run_reference()]
     others = [f for f in args.faults.split(",") if f] + (["none"] if args.control else [])
     faults = plan(seed, args.kills, chaos.reference_tasks, others)
-    for index, fault in enumerate(faults, 1):
-        print(f"fault {index}/{len(faults)}: {fault.label}", flush=True)
-        started = time.monotonic()
-        outcomes.append(chaos.run_fault(fault, index))
-        o = outcomes[-1]
+    print("plan: " + "; ".join(f"{i}. {f.label}" for i, f in enumerate(faults, 1)), flush=True)
+    path.write_text(report(chaos, outcomes, len(faults), seed, args) + "\n")
+
+    def done(o: Outcome) -> None:
+        outcomes.append(o)
         print(
-            f"  -> runs {o.runs}, converged {o.converged}, lost {o.lost}, duplicated {o.duplicated}, "
-            f"{time.monotonic() - started:.0f} s: {'; '.join(o.notes)[:400]}",
+            f"  -> {o.fault}: runs {o.runs}, converged {o.converged}, lost {o.lost}, duplicated {o.duplicated}, "
+            f"{o.seconds:.0f} s: {'; '.join(o.notes)[:400]}",
             flush=True,
         )
+        path.write_text(report(chaos, outcomes, len(faults), seed, args) + "\n")
+
+    ordered = chaos.run_faults(faults, args.jobs, done)
+    outcomes = [outcomes[0], *ordered]
+    path.write_text(report(chaos, outcomes, len(faults), seed, args) + "\n")
     return outcomes
 
 
-def report(outcomes: list[Outcome], seed: int, args: argparse.Namespace) -> str:
+def report(chaos: Chaos, outcomes: list[Outcome], planned: int, seed: int, args: argparse.Namespace) -> str:
     faults = outcomes[1:]
+    partial = "" if len(faults) == planned else f" (so far: {len(faults)} of {planned} faults ran)"
+    settings = ", ".join(f"{k}={v}" for k, v in chaos.settings.items())
     head = (
         f"# Chaos suite, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC\n\n"
-        f"seed {seed}, {args.kills} kill points, {args.users} users, batches of 200; "
-        f"{sum(o.converged for o in faults)} of {len(faults)} faults converged; "
+        f"seed {seed}, {args.kills} kill points, {args.users} users, {settings}, {args.jobs} worlds at a time"
+        f"{', ansible-playbook ' + args.ansible_args if args.ansible_args else ''}; "
+        f"{sum(o.converged for o in faults)} of {len(faults)} faults converged{partial}; "
         f"rows lost {sum(o.lost for o in faults)}, rows duplicated {sum(o.duplicated for o in faults)}\n"
     )
     return head + "\n" + table(outcomes)

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,9 @@ TAKEOVER = re.compile(r"vdp_lease_takeover=([A-Za-z0-9_.:-]+)")
 # The same settings for every run, the reference included: the data step in batches of 200 with a short pause, so
 # that a fault can land between batches of the 2,000-user fixture.
 SETTINGS: dict[str, Any] = {"vdp_batch_size": 200, "org_data_migration_pause_between_batches": 0.2}
+# Faults that stop or restart a server every world of the sandbox shares: each runs alone, after the others (a kill
+# or a lock touches its own world only, so those may run side by side, `jobs` at a time).
+SHARED_SERVER_FAULTS = frozenset({"pg_restart", "s3_stop", "staging_stop"})
 
 
 @dataclass
@@ -56,12 +62,14 @@ class Outcome:
 
 @dataclass
 class Chaos:
-    """One sandbox, one legacy template, a folder for the worlds, the extra ansible-playbook arguments of every run."""
+    """One sandbox, one legacy template, a folder for the worlds, the extra ansible-playbook arguments and the extra
+    vars (`settings`, SETTINGS by default) of every run, the reference's included."""
 
     box: Sandbox
     template: str
     folder: Path
     args: tuple[str, ...] = ()
+    settings: dict[str, Any] = field(default_factory=lambda: dict(SETTINGS))
     reference: Content | None = None
     reference_tasks: int = 0
     log: Any = print
@@ -88,11 +96,38 @@ class Chaos:
             outcome.notes.append(f"{self.reference_tasks} tasks in {outcome.seconds:.0f} s")
         return outcome
 
+    # ------------------------------------------------------------------ the faults
+
+    def run_faults(self, faults: list[Fault], jobs: int = 1, done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+        """Every fault in a world of its own, the outcomes in plan order: the faults of one world `jobs` at a time,
+        then those of a shared server one by one. `done(outcome)` is called as each ends (under a lock)."""
+        outcomes: dict[int, Outcome] = {}
+        lock = threading.Lock()
+
+        def one(index: int, fault: Fault) -> None:
+            try:
+                outcome = self.run_fault(fault, index)
+            except Exception as exc:  # noqa: BLE001 - the suite's own failure is a row of the table, not a lost fault
+                outcome = Outcome(fault.label, notes=[f"the suite failed: {type(exc).__name__}: {str(exc)[:300]}"])
+            with lock:
+                outcomes[index] = outcome
+                if done:
+                    done(outcome)
+
+        plan = list(enumerate(faults, 1))
+        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="chaos-world") as pool:
+            list(pool.map(lambda item: one(*item), [p for p in plan if p[1].kind not in SHARED_SERVER_FAULTS]))
+        for index, fault in plan:
+            if fault.kind in SHARED_SERVER_FAULTS:
+                one(index, fault)
+        return [outcomes[index] for index in sorted(outcomes)]
+
     # ------------------------------------------------------------------ one fault
 
     def run_fault(self, fault: Fault, index: int) -> Outcome:
         assert self.reference is not None, "run_reference() first"
         outcome = Outcome(fault.label)
+        self.log(f"fault {index}: {fault.label}")
         started = time.monotonic()
         with self._world(f"f{index:02d}-{fault.kind}") as (world, app, settings):
             layout = legacy_layout(world["vdp_production_db"])
@@ -172,7 +207,7 @@ class Chaos:
 
     def _start(self, world: dict[str, Any], settings: str, name: str, *extra: str, playbook: str = "migrate.yml") -> Background:
         log = world["run_dir"].parent / f"{name}.log"
-        self.log(f"    {name}: ansible-playbook {playbook} {' '.join(extra)}".rstrip())
+        self.log(f"    {world['run_dir'].parent.name}/{name}: ansible-playbook {playbook} {' '.join(extra)}".rstrip())
         return start_playbook(self.box, world, playbook, "-e", f"@{settings}", *self.args, *extra, log=log)
 
     def _wait(self, run: Background) -> int:
@@ -229,7 +264,7 @@ class _WorldContext:
         world = self._world.__enter__()
         self.app = StandIn(self.folder / "standin", world["vdp_production_db"])
         assert self.app.call("POST", "/admin/state", {"record_sign_ins": False}, admin=True)[0] == 200
-        settings = app_vars(world, self.app, self.folder, **SETTINGS)
+        settings = app_vars(world, self.app, self.folder, **self.chaos.settings)
         return world, self.app, settings
 
     def __exit__(self, *exc: Any) -> None:
