@@ -24,7 +24,9 @@ description:
     exponential backoff and jitter, a bounded number of times; when all fail, the failure names the sessions that
     held the lock (sampled from C(pg_blocking_pids()) while the attempts waited).
   - Before the first forward file is applied, the legacy baseline (per-row hashes, checksums and structure of
-    every legacy table, the reference the validation compares with) is stored in C(vdp_runbook).
+    every legacy table, the reference the validation compares with) is stored in C(vdp_runbook). Files that declare
+    C(-- vdp:before-baseline) are applied before it (a journal of the application's writes installed first leaves no
+    gap between the baseline's snapshot and the first journaled write).
   - I(state=reverted) runs C(<version>.revert.sql) of applied versions, newest first, and removes them
     from the ledger (versions without a revert file, like the data step's, are only removed). The legacy baseline
     stays (the rollback proves the legacy tables against it afterwards, as often as it is run); a later forward run of the
@@ -236,11 +238,17 @@ def do_apply(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
     refuse_drift(files, conn)
     done = ledger(conn)
     wanted = select_files(files, p.get("versions"))
-    pending = [f for f in wanted if f.version not in done]
+    # Files that declare `-- vdp:before-baseline` first (each group in name order), then the baseline, then the rest.
+    pending = sorted((f for f in wanted if f.version not in done), key=lambda f: not f.before_baseline)
     result["pending"] = [f.version for f in pending]
     if module.check_mode or not pending:
         return
     conn.commit()  # end the read-only transaction of the checks above
+    ensure_runbook_schema(conn)
+    who = applied_by(conn, p.get("run_id"))
+    policy = lock_policy(module, "schema")
+    for mf in [f for f in pending if f.before_baseline]:
+        apply_file(conn, mf, who, policy, p.get("run_id"), result)
     if p["capture_baseline"]:
         if SCHEMA_VERSION in [f.version for f in pending] and read_baseline(conn):
             # A baseline left by an earlier migration that was reverted: it describes another moment. Keep its
@@ -248,47 +256,49 @@ def do_apply(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
             archive_baseline(conn, BASELINE_KEY, f"{BASELINE_KEY}@superseded-{p.get('run_id') or 'unknown'}")
             conn.commit()
         result["baseline_captured"] = ensure_baseline(conn, p.get("run_id"), flags=p["feature_flags"])
-    ensure_runbook_schema(conn)
-    who = applied_by(conn, p.get("run_id"))
-    policy = lock_policy(module, "schema")
-    for mf in pending:
-        statements = body_statements(mf.path, mf.transactional)
-        if mf.transactional:
+    for mf in [f for f in pending if not f.before_baseline]:
+        apply_file(conn, mf, who, policy, p.get("run_id"), result)
 
-            def ledger_row(duration: int, attempts: int, mf: MigrationFile = mf) -> dict[str, Any]:
-                return dict(
-                    version=mf.version,
-                    name=mf.name,
-                    kind=mf.kind,
-                    checksum=mf.checksum,
-                    duration_ms=duration,
-                    applied_by=who,
-                    run_id=p.get("run_id"),
-                    transactional=True,
-                    attempts=attempts,
-                )
 
-            outcome = run_transactional(conn, mf, statements, ledger_row, policy)
-        else:
-            outcome = run_autocommit(conn, mf, statements, policy)
-            record_version(
-                conn,
+def apply_file(conn: Any, mf: MigrationFile, who: str, policy: Any, run_id: str | None, result: dict[str, Any]) -> None:
+    """One pending file and its ledger row (together, or after every statement of a no-transaction file)."""
+    statements = body_statements(mf.path, mf.transactional)
+    if mf.transactional:
+
+        def ledger_row(duration: int, attempts: int) -> dict[str, Any]:
+            return dict(
                 version=mf.version,
                 name=mf.name,
                 kind=mf.kind,
                 checksum=mf.checksum,
-                duration_ms=outcome.duration_ms,
+                duration_ms=duration,
                 applied_by=who,
-                run_id=p.get("run_id"),
-                transactional=False,
-                attempts=outcome.attempts,
-                details=dict(rebuilt_invalid_indexes=outcome.rebuilt_invalid_indexes),
+                run_id=run_id,
+                transactional=True,
+                attempts=attempts,
             )
-            conn.commit()
-            result["rebuilt_invalid_indexes"].extend(outcome.rebuilt_invalid_indexes)
-        result["applied"].append(asdict(outcome))
-        result["pending"].remove(mf.version)
-        result["changed"] = True
+
+        outcome = run_transactional(conn, mf, statements, ledger_row, policy)
+    else:
+        outcome = run_autocommit(conn, mf, statements, policy)
+        record_version(
+            conn,
+            version=mf.version,
+            name=mf.name,
+            kind=mf.kind,
+            checksum=mf.checksum,
+            duration_ms=outcome.duration_ms,
+            applied_by=who,
+            run_id=run_id,
+            transactional=False,
+            attempts=outcome.attempts,
+            details=dict(rebuilt_invalid_indexes=outcome.rebuilt_invalid_indexes),
+        )
+        conn.commit()
+        result["rebuilt_invalid_indexes"].extend(outcome.rebuilt_invalid_indexes)
+    result["applied"].append(asdict(outcome))
+    result["pending"].remove(mf.version)
+    result["changed"] = True
 
 
 def do_revert(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:

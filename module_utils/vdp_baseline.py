@@ -43,6 +43,14 @@ from ansible.module_utils.vdp_names import ADDED_PROFILE_COLUMNS, BASELINE_KEY, 
 # Columns whose move to (or past) the baseline time marks a row as written by the application.
 ATTRIBUTION_COLUMNS: tuple[str, ...] = ("updated_at", "last_sign_in_at")
 
+# Legacy tables with no such column whose writes a journal records (the online sync's trigger,
+# migrations/20250103_assignment_sync_expand.sql: a relationship the app ENDS changes `active` and nothing else):
+# table -> (journal, the journal's column holding the row's id). A journaled write since the baseline by a session
+# that is not this runbook's (`by_runbook`: application_name vdp-runbook...) marks the row as the application's.
+JOURNALS: dict[str, tuple[str, str]] = {
+    "public.sponsor_practitioner_relationships": (f"{RUNBOOK_SCHEMA}.relationship_writes", "relationship_id"),
+}
+
 _BASELINE_EXTRA_DDL = f"""
 ALTER TABLE {RUNBOOK_SCHEMA}.baseline ADD COLUMN IF NOT EXISTS pk_columns text[];
 ALTER TABLE {RUNBOOK_SCHEMA}.baseline ADD COLUMN IF NOT EXISTS rows_table text;
@@ -190,15 +198,32 @@ def current_rows(
     `since` whether an attribution column moved to or past it (the application wrote the row)."""
     where, args = _where(exclude)
     items = [sql.SQL("t.{}").format(sql.Identifier(c)) for c in pk] + [sql.SQL("{} AS h").format(_row_hash(columns))]
+    join = sql.SQL("")
     if since is not None:
         present = [c for c in ATTRIBUTION_COLUMNS if c in table_columns(conn, table)]
-        app = sql.SQL(" OR ").join(sql.SQL("t.{} >= %(since)s").format(sql.Identifier(c)) for c in present) if present else None
+        marks = [sql.SQL("t.{} >= %(since)s").format(sql.Identifier(c)) for c in present]
+        journal = _journal_join(conn, table, pk)
+        if journal is not None:
+            join = journal
+            marks.append(sql.SQL("j.row_id IS NOT NULL"))
+        app = sql.SQL(" OR ").join(marks) if marks else None
         items.append(sql.SQL("coalesce({}, false) AS app").format(app) if app else sql.SQL("false AS app"))
         args["since"] = since
-    query = sql.SQL("SELECT {items} FROM {table} t {where}").format(
-        items=sql.SQL(", ").join(items), table=table_ident(table), where=where
+    query = sql.SQL("SELECT {items} FROM {table} t {join} {where}").format(
+        items=sql.SQL(", ").join(items), table=table_ident(table), join=join, where=where
     )
     return query, args
+
+
+def _journal_join(conn: Any, table: str, pk: Sequence[str]) -> Any:
+    """LEFT JOIN of the rows the table's journal shows the application wrote since %(since)s (j.row_id), or None."""
+    journal = JOURNALS.get(table)
+    if journal is None or list(pk) != ["id"] or not table_exists(conn, journal[0]):
+        return None
+    return sql.SQL(
+        "LEFT JOIN (SELECT DISTINCT w.{key} AS row_id FROM {journal} w WHERE w.at >= %(since)s AND NOT w.by_runbook) j "
+        "ON j.row_id = t.id"
+    ).format(key=sql.Identifier(journal[1]), journal=sql.Identifier(*split_name(journal[0])))
 
 
 def legacy_snapshot(

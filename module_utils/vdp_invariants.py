@@ -1,6 +1,6 @@
 # The post-migration invariants, read-only: the seed's post-migration validation and integrity
 # queries (metric names verbatim) and every rule of DESIGN §4 as a list of checks with counts and
-# samples - roles, last_activity, one coach assignment per valid active pair and nothing else, every
+# samples - roles, last_activity, one active coach assignment per valid active pair and no other, every
 # active relationship accounted for, RLS and no anon access on the new tables, the sign-up defaults,
 # the feature flags, capacity, the ledger, the validated foreign key, and the legacy tables against
 # their baseline (vdp_baseline), with the application's own writes attributed, never called loss.
@@ -67,7 +67,8 @@ class Check:
 
 def app_touched_sql(conn: Any, since: Any, alias: str = "p") -> str:
     """A boolean SQL expression: profile `alias` was written by the application since the baseline
-    (signed up, edited, signed in, or in a relationship created since). Takes %(since)s."""
+    (signed up, edited, signed in, or in a relationship created - or, per the online sync's journal, ended - since).
+    Takes %(since)s."""
     if since is None:
         return "false"
     parts = [f"{alias}.{c} >= %(since)s" for c in ("created_at", "updated_at") if c in table_columns(conn, "public.profiles")]
@@ -79,6 +80,11 @@ def app_touched_sql(conn: Any, since: Any, alias: str = "p") -> str:
         "EXISTS (SELECT 1 FROM public.sponsor_practitioner_relationships r "
         f"WHERE (r.sponsor_id = {alias}.id OR r.practitioner_id = {alias}.id) AND r.created_at >= %(since)s)"
     )
+    if table_exists(conn, f"{RUNBOOK_SCHEMA}.relationship_writes"):  # the online sync's journal: relationships ended
+        parts.append(
+            f"EXISTS (SELECT 1 FROM {RUNBOOK_SCHEMA}.relationship_writes w WHERE (w.sponsor_id = {alias}.id "
+            f"OR w.practitioner_id = {alias}.id) AND w.at >= %(since)s AND NOT w.by_runbook)"
+        )
     if table_exists(conn, f"{RUNBOOK_SCHEMA}.app_writes"):
         parts.append(
             f"EXISTS (SELECT 1 FROM {RUNBOOK_SCHEMA}.app_writes w WHERE w.profile_id = {alias}.id AND w.at >= %(since)s)"
@@ -135,9 +141,11 @@ WHERE NOT EXISTS (SELECT 1 FROM public.practitioner_assignments a
     AND a.organization_id = %(org)s AND a.assigned_at = v.assigned_at AND a.active)
 """
 
+# Active assignments only: an inactive one is an ENDED coaching relationship (the online sync keeps the pair's row
+# and marks it inactive when the old app ends the relationship), which no rule asks to be converted.
 UNEXPECTED_ASSIGNMENTS_SQL = f"""
 SELECT a.supervisor_id, a.practitioner_id, a.assigned_at FROM public.practitioner_assignments a
-WHERE a.supervisor_role = 'coach' AND a.organization_id = %(org)s
+WHERE a.supervisor_role = 'coach' AND a.organization_id = %(org)s AND a.active
   AND NOT EXISTS (SELECT 1 FROM ({VALID_PAIRS_SQL}) v
                   WHERE v.sponsor_id = a.supervisor_id AND v.practitioner_id = a.practitioner_id)
 """
@@ -291,7 +299,7 @@ def assignment_checks(conn: Any, org: Any, limit: int) -> list[Check]:
         Check(
             "assignments_only_valid_pairs",
             n == 0,
-            f"{n} coach assignments without a valid active pair (self, orphan or inactive)",
+            f"{n} active coach assignments without a valid active pair (self, orphan or inactive)",
             n,
             sample,
         )
@@ -361,14 +369,15 @@ def reconciliation(conn: Any, org: Any) -> Check:
     plan = assignments_plan(conn, org)
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT count(*) FROM public.practitioner_assignments WHERE supervisor_role = 'coach' AND organization_id = %s",
+            "SELECT count(*) FROM public.practitioner_assignments WHERE supervisor_role = 'coach' AND organization_id = %s "
+            "AND active",
             (org,),
         )
         created = int(cur.fetchone()[0])
     self_n, orphan_n = anomalies["self_relationships"]["active"], anomalies["orphan_relationships"]["active"]
     accounted = created + plan["duplicate_rows_collapsed"] + self_n + orphan_n
     detail = (
-        f"{active} active relationships = {created} coach assignments + {plan['duplicate_rows_collapsed']} duplicate "
+        f"{active} active relationships = {created} active coach assignments + {plan['duplicate_rows_collapsed']} duplicate "
         f"rows collapsed + {self_n} self + {orphan_n} orphan"
     )
     ok = accounted == active

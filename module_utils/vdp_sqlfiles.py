@@ -13,6 +13,9 @@ from pathlib import Path
 from ansible.module_utils.vdp_errors import EngineError
 
 NO_TRANSACTION_MARKER = "vdp:no-transaction"
+# A file applied before the legacy baseline is stored (e.g. a trigger that journals the application's writes:
+# installed first, it leaves no gap between the baseline's snapshot and the first journaled write).
+BEFORE_BASELINE_MARKER = "vdp:before-baseline"
 
 
 def kind_of(version: str) -> str:
@@ -43,6 +46,7 @@ class MigrationFile:
     transactional: bool
     kind: str
     revert_path: Path | None
+    before_baseline: bool = False
 
     @property
     def name(self) -> str:
@@ -59,6 +63,7 @@ def discover(directory: str | Path) -> list[MigrationFile]:
         if path.name.endswith(".revert.sql"):
             continue
         data = path.read_bytes()
+        text = data.decode("utf-8")
         version = path.name[: -len(".sql")]
         revert = path.with_name(f"{version}.revert.sql")
         files.append(
@@ -66,19 +71,23 @@ def discover(directory: str | Path) -> list[MigrationFile]:
                 version=version,
                 path=path,
                 checksum=sha256_hex(data),
-                transactional=not declares_no_transaction(data.decode("utf-8")),
+                transactional=not declares_no_transaction(text),
                 kind=kind_of(version),
                 revert_path=revert if revert.exists() else None,
+                before_baseline=declares(text, BEFORE_BASELINE_MARKER),
             )
         )
     return files
 
 
+def declares(text: str, marker: str) -> bool:
+    """Whether the file has a comment line that is exactly `-- <marker>`."""
+    return any(line.strip().lstrip("-").strip() == marker for line in text.splitlines() if line.strip().startswith("--"))
+
+
 def declares_no_transaction(text: str) -> bool:
     """A file opts out of the single transaction with a comment line `-- vdp:no-transaction`."""
-    return any(
-        line.strip().lstrip("-").strip() == NO_TRANSACTION_MARKER for line in text.splitlines() if line.strip().startswith("--")
-    )
+    return declares(text, NO_TRANSACTION_MARKER)
 
 
 _DOLLAR_TAG = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*\$|\$\$")

@@ -20,6 +20,7 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = ROOT / "migrations"
 SCHEMA_V = "20250103_organizational_model_schema"
+SYNC_V = "20250103_assignment_sync_expand"  # the schema phase applies it too (first: before the baseline)
 DATA_V = "20250103_organizational_model_data"
 INDEXES_V = "20250103_organizational_model_indexes"
 LOCK_KEY = 0x56445020_4F524731
@@ -155,7 +156,10 @@ def migrated_state(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_schema(run_module: Callable[..., Any], info: dict[str, Any], versions: list[str] | None = None, **extra: Any) -> Any:
-    return run_module("vdp_schema_migrations", dict(login(info), path=str(MIGRATIONS), versions=versions or [SCHEMA_V], **extra))
+    """The schema phase's versions (the online sync and the schema), or `versions`."""
+    return run_module(
+        "vdp_schema_migrations", dict(login(info), path=str(MIGRATIONS), versions=versions or [SYNC_V, SCHEMA_V], **extra)
+    )
 
 
 def data_step(
