@@ -25,9 +25,8 @@ description:
   - A re-run finds no pending pair and writes nothing.
   - With I(progress_file), writes after each batch the assignments present (those of earlier runs included) of the
     valid pairs, the rate and the ETA.
-  - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
 version_added: "1.0.0"
-extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_run, vdp_progress]
+extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_run, vdp_migration_lock, vdp_progress]
 options:
   organization_slug:
     description: Slug of the organization of the assignments (it must exist).
@@ -57,14 +56,10 @@ attributes:
 """
 
 EXAMPLES = r"""
-- name: Create the coach assignments
+- name: Create the coach assignments and list every relationship not converted
   vdp_coach_assignments:
-    organization_slug: individual-users
-    batch_size: 20000
-    login_host: "{{ vdp_production_db.host }}"
-    login_db: "{{ vdp_production_db.dbname }}"
-    login_user: "{{ vdp_production_db.user }}"
-    login_password: "{{ vdp_production_db.password | default(omit) }}"
+    db: "{{ vdp_production_db }}"
+    not_converted_file: "{{ vdp_run_dir }}/data.not_converted.jsonl"
 """
 
 RETURN = r"""
@@ -112,6 +107,7 @@ import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.vdp_argspec import batch_size_problem, first_problem, range_problem, shared_options
 from ansible.module_utils.vdp_assignments import (
     AssignmentProgress,
     assignments_plan,
@@ -121,41 +117,34 @@ from ansible.module_utils.vdp_assignments import (
     migrate_assignments,
     write_not_converted,
 )
+from ansible.module_utils.vdp_data_step import analyze, target_organization
 from ansible.module_utils.vdp_errors import EngineError
 from ansible.module_utils.vdp_legacy import relationship_classes
 from ansible.module_utils.vdp_lifecycle import engine_argument_spec, lock_policy, run_module, run_options_problem
-from ansible.module_utils.vdp_names import BATCH_SIZE, DEFAULT_ORG_SLUG
 from ansible.module_utils.vdp_progress import ProgressFile, progress_file
-from ansible.module_utils.vdp_target import organization_id, require_organization, require_target_schema, target_schema_missing
+
+# What the step wrote or read most, re-analyzed after the inserts.
+ANALYZED_TABLES = ("public.practitioner_assignments", "public.profiles", "public.organizations")
 
 
 def argument_spec() -> dict[str, Any]:
     return engine_argument_spec(
-        organization_slug=dict(type="str", default=DEFAULT_ORG_SLUG),
-        batch_size=dict(type="int", default=BATCH_SIZE),
+        **shared_options("organization_slug", "batch_size", "progress_file"),
         sample_limit=dict(type="int", default=20),
         not_converted_file=dict(type="path"),
-        progress_file=dict(type="path"),
     )
 
 
 def validate(params: dict[str, Any]) -> str | None:
-    if not 1 <= params["batch_size"] <= 1_000_000:
-        return f"batch_size {params['batch_size']} is out of range: use 1 .. 1000000 (default {BATCH_SIZE})"
-    if not 0 <= params["sample_limit"] <= 10_000:
-        return "sample_limit must be between 0 and 10000"
-    return run_options_problem(params)
+    return first_problem(
+        batch_size_problem(params), range_problem(params, "sample_limit", 0, 10_000), run_options_problem(params)
+    )
 
 
 def run(module: AnsibleModule, conn: Any, result: dict[str, Any], pfile: ProgressFile) -> None:
     p = module.params
     pfile.start(None, 0, "reading the relationships")
-    schema_ready = not target_schema_missing(conn)
-    org_id = organization_id(conn, p["organization_slug"]) if schema_ready else None
-    if not module.check_mode or schema_ready:
-        require_target_schema(conn)
-        org_id = require_organization(conn, p["organization_slug"])
-    # In check mode before the schema/organization exist, count as if they did (nothing present yet).
+    schema_ready, org_id = target_organization(conn, p["organization_slug"], module.check_mode)
     result["organization_id"] = None if org_id is None else str(org_id)
     if module.check_mode or has_coach_assignments(conn, org_id):
         plan = assignments_plan(conn, org_id, schema_ready)  # read-only pass: a re-run stops here
@@ -211,25 +200,13 @@ def insert(module: AnsibleModule, conn: Any, result: dict[str, Any], org_id: Any
             batches=dict(count=progress.batches, size=p["batch_size"], lock_retries=progress.lock_retries),
         )
     pfile.update(present + progress.inserted, note="ANALYZE")
-    analyze(conn)
+    analyze(conn, *ANALYZED_TABLES)
     if progress.failed_count:
         raise EngineError(
             f"{progress.failed_count} coach assignment(s) could not be inserted (first: {progress.failed[0]['error']}); "
             f"the other {progress.inserted} were committed. Fix the listed rows and re-run: only the missing ones are inserted",
             failed_rows=result["failed_rows"],
         )
-
-
-def analyze(conn: Any) -> None:
-    """Fresh statistics for what the data step wrote: until autovacuum gets to it the planner believes the new
-    table is empty, and later queries (validation, the application's) pick plans for an empty table."""
-    previous = conn.autocommit
-    conn.commit()
-    conn.autocommit = True
-    try:
-        conn.execute("ANALYZE public.practitioner_assignments, public.profiles, public.organizations")
-    finally:
-        conn.autocommit = previous
 
 
 def timed_run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:

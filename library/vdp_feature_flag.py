@@ -17,9 +17,8 @@ description:
     The data step uses this so that a re-run after the deploy phase never switches flags off again.
   - Changes only the flags whose value differs (a second run changes nothing). Only C(flag_name) and
     C(enabled) are written (C(description) too when given); the table's other columns keep their defaults.
-  - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
 version_added: "1.0.0"
-extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_run]
+extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_run, vdp_migration_lock]
 options:
   names:
     description:
@@ -110,14 +109,10 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.vdp_errors import EngineError
-from ansible.module_utils.vdp_legacy import table_exists
+from ansible.module_utils.vdp_legacy import table_exists, table_ident
 from ansible.module_utils.vdp_lifecycle import engine_argument_spec, run_module, text_problem
 from ansible.module_utils.vdp_names import FEATURE_FLAGS
-
-try:
-    from psycopg import sql
-except ImportError:  # pragma: no cover - vdp_pg.connect reports the missing package
-    sql = None
+from ansible.module_utils.vdp_pg import sql
 
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -152,11 +147,6 @@ def validate(params: dict[str, Any]) -> str | None:
     if not _TABLE.match(params["table"]):
         return f"table {params['table']!r} must be schema.table (letters, digits, underscores)"
     return None
-
-
-def table_ident(table: str) -> Any:
-    schema, name = table.split(".", 1)
-    return sql.Identifier(schema, name)
 
 
 def current_flags(conn: Any, table: str, names: list[str]) -> dict[str, bool]:

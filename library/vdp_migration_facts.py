@@ -144,28 +144,21 @@ from dataclasses import asdict
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.vdp_argspec import range_problem, shared_options
 from ansible.module_utils.vdp_baseline import legacy_snapshot
 from ansible.module_utils.vdp_invariants import SEED_INTEGRITY_SQL, SEED_POST_MIGRATION_SQL, metric_rows, post_migration_checks
 from ansible.module_utils.vdp_ledger import ledger
 from ansible.module_utils.vdp_legacy import detect_sign_in_source, relationship_anomalies, seed_pre_migration_counts
 from ansible.module_utils.vdp_lifecycle import engine_argument_spec, run_module
-from ansible.module_utils.vdp_names import (
-    BASELINE_KEY,
-    CAPACITY_POLICIES,
-    CAPACITY_POLICY,
-    DATA_VERSION,
-    DEFAULT_ORG_SLUG,
-    FEATURE_FLAGS,
-)
+from ansible.module_utils.vdp_names import BASELINE_KEY, CAPACITY_POLICIES, CAPACITY_POLICY, DATA_VERSION
 from ansible.module_utils.vdp_target import target_schema_missing
 
 
 def argument_spec() -> dict[str, Any]:
     return engine_argument_spec(
+        **shared_options("organization_slug", "feature_flags"),
         phase=dict(type="str", default="post", choices=["pre", "post"]),
-        organization_slug=dict(type="str", default=DEFAULT_ORG_SLUG),
         capacity_policy=dict(type="str", default="from_ledger", choices=["from_ledger", *CAPACITY_POLICIES]),
-        feature_flags=dict(type="list", elements="str", default=list(FEATURE_FLAGS)),
         require_versions=dict(type="list", elements="str", default=[]),
         sample_limit=dict(type="int", default=10),
         baseline_key=dict(type="str", default=BASELINE_KEY, no_log=False),
@@ -216,7 +209,7 @@ def gather(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    problem = None if 0 <= module.params["sample_limit"] <= 1000 else "sample_limit must be between 0 and 1000"
+    problem = range_problem(module.params, "sample_limit", 0, 1000)
     result: dict[str, Any] = dict(changed=False, checks=[], failed_checks=[], warnings_checks=[])
     # Read-only: one REPEATABLE READ snapshot, so every figure describes the same moment.
     run_module(module, result, gather, component="facts", read_only=True, problem=problem)

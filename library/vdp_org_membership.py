@@ -33,9 +33,8 @@ description:
     A failure half-way reports the profiles the committed batches migrated.
   - With I(progress_file), writes after each batch the profiles migrated (those of earlier runs included) of all the
     profiles, the rate and the ETA.
-  - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
 version_added: "1.0.0"
-extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_run, vdp_progress]
+extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_run, vdp_migration_lock, vdp_progress]
 options:
   organization_slug:
     description: Slug of the organization the profiles join (it must exist; see vdp_organization).
@@ -106,14 +105,10 @@ attributes:
 EXAMPLES = r"""
 - name: Migrate the profiles into the default organization
   vdp_org_membership:
-    organization_slug: individual-users
-    batch_size: 20000
-    capacity_policy: raise
-    login_host: "{{ vdp_production_db.host }}"
-    login_db: "{{ vdp_production_db.dbname }}"
-    login_user: "{{ vdp_production_db.user }}"
-    login_password: "{{ vdp_production_db.password | default(omit) }}"
+    db: "{{ vdp_production_db }}"
     run_id: "{{ vdp_run_id }}"
+    capacity_policy: raise
+    pause_between_batches: 0.2
 """
 
 RETURN = r"""
@@ -174,7 +169,9 @@ import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.vdp_argspec import batch_size_problem, first_problem, range_problem, shared_options
 from ansible.module_utils.vdp_baseline import ensure_baseline
+from ansible.module_utils.vdp_data_step import analyze, target_organization
 from ansible.module_utils.vdp_errors import EngineError
 from ansible.module_utils.vdp_legacy import detect_sign_in_source
 from ansible.module_utils.vdp_lifecycle import engine_argument_spec, lock_policy, run_module, run_options_problem
@@ -187,29 +184,14 @@ from ansible.module_utils.vdp_membership import (
     profile_update_triggers,
     role_totals,
 )
-from ansible.module_utils.vdp_names import (
-    BATCH_SIZE,
-    CAPACITY_HEADROOM_PERCENT,
-    CAPACITY_POLICIES,
-    CAPACITY_POLICY,
-    DEFAULT_ORG_SLUG,
-    FEATURE_FLAGS,
-)
+from ansible.module_utils.vdp_names import CAPACITY_HEADROOM_PERCENT, CAPACITY_POLICIES, CAPACITY_POLICY
 from ansible.module_utils.vdp_progress import ProgressFile, progress_file
-from ansible.module_utils.vdp_target import (
-    organization_capacity,
-    organization_id,
-    require_organization,
-    require_target_schema,
-    set_capacity,
-    target_schema_missing,
-)
+from ansible.module_utils.vdp_target import organization_capacity, set_capacity
 
 
 def argument_spec() -> dict[str, Any]:
     return engine_argument_spec(
-        organization_slug=dict(type="str", default=DEFAULT_ORG_SLUG),
-        batch_size=dict(type="int", default=BATCH_SIZE),
+        **shared_options("organization_slug", "batch_size", "feature_flags", "progress_file"),
         pause_between_batches=dict(type="float", default=0.0),
         max_batches=dict(type="int", default=0),
         sign_in_source=dict(type="str", default="auto", choices=["auto", "profiles", "auth.users", "none"]),
@@ -217,19 +199,17 @@ def argument_spec() -> dict[str, Any]:
         capacity_policy=dict(type="str", default=CAPACITY_POLICY, choices=list(CAPACITY_POLICIES)),
         capacity_headroom_percent=dict(type="int", default=CAPACITY_HEADROOM_PERCENT),
         max_users_if_missing=dict(type="int"),
-        feature_flags=dict(type="list", elements="str", default=list(FEATURE_FLAGS)),
-        progress_file=dict(type="path"),
     )
 
 
 def validate(params: dict[str, Any]) -> str | None:
-    if not 1 <= params["batch_size"] <= 1_000_000:
-        return f"batch_size {params['batch_size']} is out of range: use 1 .. 1000000 (default {BATCH_SIZE})"
-    if params["pause_between_batches"] < 0 or params["max_batches"] < 0:
-        return "pause_between_batches and max_batches must be >= 0"
-    if not 0 <= params["capacity_headroom_percent"] <= 1000:
-        return "capacity_headroom_percent must be between 0 and 1000"
-    return run_options_problem(params)
+    negative = params["pause_between_batches"] < 0 or params["max_batches"] < 0
+    return first_problem(
+        batch_size_problem(params),
+        "pause_between_batches and max_batches must be >= 0" if negative else None,
+        range_problem(params, "capacity_headroom_percent", 0, 1000),
+        run_options_problem(params),
+    )
 
 
 def capacity_decision(params: dict[str, Any], max_users: int | None, members_after: int) -> dict[str, Any]:
@@ -258,11 +238,7 @@ def capacity_decision(params: dict[str, Any], max_users: int | None, members_aft
 def run(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
     p = module.params
     started = time.monotonic()
-    schema_ready = not target_schema_missing(conn)
-    org_id = organization_id(conn, p["organization_slug"]) if schema_ready else None
-    if not module.check_mode or schema_ready:
-        require_target_schema(conn)
-        org_id = require_organization(conn, p["organization_slug"])
+    schema_ready, org_id = target_organization(conn, p["organization_slug"], module.check_mode)
     # In check mode before the schema/organization exist (a --check of the whole runbook), count
     # against what the earlier phases would create: every profile pending, max_users_if_missing.
     result["organization_id"] = None if org_id is None else str(org_id)
@@ -358,18 +334,7 @@ def migrate(
         )
     pfile.update(done_before + progress.migrated, note="ANALYZE profiles")
     result["remaining"] = pending_profiles(conn)
-    conn.commit()
-    analyze_profiles(conn)
-
-
-def analyze_profiles(conn: Any) -> None:
-    """Fresh statistics for the profiles' new columns (the planner would otherwise believe them all NULL)."""
-    previous = conn.autocommit
-    conn.autocommit = True
-    try:
-        conn.execute("ANALYZE public.profiles")
-    finally:
-        conn.autocommit = previous
+    analyze(conn, "public.profiles")  # the new columns: the planner would otherwise believe them all NULL
 
 
 def main() -> None:

@@ -18,9 +18,8 @@ description:
     more users must fit, and a re-run must not lower it again).
   - I(state=absent) deletes the organization, refusing while profiles or assignments still reference it.
   - Input is validated before connecting; values are stored literally (quotes, semicolons, unicode).
-  - Holds the migration's session advisory lock; a second concurrent run fails at once naming the holder.
 version_added: "1.0.0"
-extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_run]
+extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_run, vdp_migration_lock]
 options:
   slug:
     description:
@@ -77,10 +76,7 @@ EXAMPLES = r"""
     subscription_tier: legacy
     max_users: 1000
     create_only: [max_users]
-    login_host: "{{ vdp_production_db.host }}"
-    login_db: "{{ vdp_production_db.dbname }}"
-    login_user: "{{ vdp_production_db.user }}"
-    login_password: "{{ vdp_production_db.password | default(omit) }}"
+    db: "{{ vdp_production_db }}"
 
 - name: Remove a test organization
   vdp_organization:
@@ -117,12 +113,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.vdp_errors import EngineError
 from ansible.module_utils.vdp_lifecycle import engine_argument_spec, run_module, text_problem
 from ansible.module_utils.vdp_names import DEFAULT_ORG_SLUG
+from ansible.module_utils.vdp_pg import sql
 from ansible.module_utils.vdp_target import require_target_schema, target_schema_missing
-
-try:
-    from psycopg import sql
-except ImportError:  # pragma: no cover - vdp_pg.connect reports the missing package
-    sql = None
 
 ATTRIBUTES = ("name", "primary_color", "secondary_color", "subscription_tier", "max_users")
 _COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
@@ -176,9 +168,7 @@ FROM public.organizations WHERE slug = %s
 
 
 def fetch(conn: Any, slug: str) -> dict[str, Any] | None:
-    with conn.cursor() as cur:
-        cur.execute(_SELECT_SQL, (slug,))
-        row = cur.fetchone()
+    row = conn.execute(_SELECT_SQL, (slug,)).fetchone()
     if row is None:
         return None
     keys = ("id", "slug", "name", "primary_color", "secondary_color", "subscription_tier", "max_users", "created_at")
@@ -214,14 +204,14 @@ def update(conn: Any, slug: str, changes: dict[str, Any]) -> None:
         cur.execute(query, [*changes.values(), slug])
 
 
+_REFERENCES_SQL = """
+SELECT (SELECT count(*) FROM public.profiles WHERE organization_id = %(id)s),
+       (SELECT count(*) FROM public.practitioner_assignments WHERE organization_id = %(id)s)
+"""
+
+
 def references(conn: Any, org_id: str) -> dict[str, int]:
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT (SELECT count(*) FROM public.profiles WHERE organization_id = %(id)s), "
-            "(SELECT count(*) FROM public.practitioner_assignments WHERE organization_id = %(id)s)",
-            dict(id=org_id),
-        )
-        members, assignments = cur.fetchone()
+    members, assignments = conn.execute(_REFERENCES_SQL, dict(id=org_id)).fetchone()
     return dict(members=int(members), assignments=int(assignments))
 
 

@@ -18,12 +18,14 @@ from ansible.module_utils.vdp_names import APPLICATION_NAME_PREFIX
 
 try:
     import psycopg
+    from psycopg import sql  # re-exported: the modules compose their SQL with it (psycopg.sql.Identifier)
 
     HAS_PSYCOPG = True
     PSYCOPG_IMPORT_ERROR: str | None = None
 except ImportError as exc:  # pragma: no cover - reported by the module through fail_json
     HAS_PSYCOPG = False
     PSYCOPG_IMPORT_ERROR = str(exc)
+    sql = None
 
 # One advisory lock key for the whole migration, whoever runs it: two writing modules against the
 # same database can never overlap (the second fails fast and names the holder). A fixed 64-bit
