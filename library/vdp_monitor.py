@@ -97,7 +97,7 @@ options:
             description: An answer slower than this is an error (its response time counts as the timeout).
             type: float
             default: 10
-          validate_certs:
+          validate_certs: &validate_certs
             description: Verify TLS certificates.
             type: bool
             default: true
@@ -149,10 +149,7 @@ options:
         description: Timeout of each query.
         type: float
         default: 10
-      validate_certs:
-        description: Verify TLS certificates.
-        type: bool
-        default: true
+      validate_certs: *validate_certs
       headers:
         description: Extra request headers (for example C(Authorization)). Never returned.
         type: dict
@@ -272,11 +269,7 @@ EXAMPLES = r"""
     period_seconds: 600
     interval_seconds: 15
     run_id: "{{ vdp_run_id }}"
-    login_host: "{{ vdp_production_db.host }}"
-    login_port: "{{ vdp_production_db.port }}"
-    login_db: "{{ vdp_production_db.dbname }}"
-    login_user: "{{ vdp_production_db.user }}"
-    login_password: "{{ vdp_production_db.password | default(omit) }}"
+    db: "{{ vdp_production_db }}"
     sql: {}
     http:
       probes:
@@ -374,6 +367,7 @@ stopped_early:
   type: str
 """
 
+from dataclasses import asdict
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
@@ -392,9 +386,14 @@ from ansible.module_utils.vdp_metrics import (
 from ansible.module_utils.vdp_metrics_cloudwatch import CloudWatchSource
 from ansible.module_utils.vdp_metrics_http import HttpSource, PrometheusSource
 from ansible.module_utils.vdp_metrics_sql import SqlSource, gate_application_name, write_alerts
-from ansible.module_utils.vdp_pg import APPLICATION_NAME_PREFIX, pg_connection_argument_spec
+from ansible.module_utils.vdp_pg import APPLICATION_NAME_PREFIX, apply_db, pg_connection_argument_spec
 
 SOURCE_NAMES = ("sql", "http", "prometheus", "cloudwatch")
+
+
+def _client_options() -> dict[str, Any]:
+    """The HTTP client options of an HTTP probe and of the Prometheus source (documented once, &validate_certs)."""
+    return dict(timeout_seconds=dict(type="float", default=10), validate_certs=dict(type="bool", default=True))
 
 
 def _probe_options() -> dict[str, Any]:
@@ -405,8 +404,7 @@ def _probe_options() -> dict[str, Any]:
         body=dict(type="raw", no_log=True),
         headers=dict(type="dict", no_log=True),
         expect_status=dict(type="list", elements="int", default=[200]),
-        timeout_seconds=dict(type="float", default=10),
-        validate_certs=dict(type="bool", default=True),
+        **_client_options(),
     )
 
 
@@ -427,8 +425,7 @@ def _source_options() -> dict[str, Any]:
                 comparison=dict(type="str", choices=["gt", "ge", "lt", "le"], default="gt"),
                 unit=dict(type="str", default=""),
             )),
-            timeout_seconds=dict(type="float", default=10),
-            validate_certs=dict(type="bool", default=True),
+            **_client_options(),
             headers=dict(type="dict", no_log=True),
             username=dict(type="str"),
             password=dict(type="str", no_log=True),
@@ -521,10 +518,7 @@ def build_result(gate: GateResult, params: dict[str, Any], check_mode: bool) -> 
     sources = {name: state.report() for name, state in gate.states.items()}
     result: dict[str, Any] = dict(
         changed=alerts["written"] > 0,
-        verdict=verdict.verdict,
-        breaches=verdict.breaches,
-        unreachable=verdict.unreachable,
-        no_data=verdict.no_data,
+        **asdict(verdict),  # verdict, breaches, unreachable, no_data: the result keys are the Verdict's fields
         sources=sources,
         metrics=metrics,
         samples=samples_out(gate),
@@ -564,7 +558,7 @@ def decide(module: AnsibleModule, result: dict[str, Any]) -> None:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    params = dict(module.params)
+    params = apply_db(module.params)  # the inventory's db dict onto login_* (the engine modules do it in run_module)
     problem = validate(params)
     if problem:
         module.fail_json(msg=problem)

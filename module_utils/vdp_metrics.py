@@ -96,6 +96,23 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+class SourceDefaults:
+    """What a source without extras answers, written once: no notes, nothing to add to its report at the end, its
+    status from its samples alone, nothing to close. Each source class inherits it and overrides what it has."""
+
+    def notes(self) -> list[str]:
+        return []
+
+    def finish(self) -> dict[str, Any]:
+        return {}
+
+    def status_override(self) -> tuple[str, str] | None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 @dataclass
 class SourceState:
     """What happened to one source over the gate: answered samples and failures."""

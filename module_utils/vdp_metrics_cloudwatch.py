@@ -9,12 +9,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ansible.module_utils.vdp_metrics import ConfigError, MetricSpec, Sample, SourceUnreachable, utc_now
+from ansible.module_utils.vdp_metrics import ConfigError, MetricSpec, Sample, SourceDefaults, SourceUnreachable, utc_now
 
 NAMESPACE = "AWS/RDS"
 
 
-class CloudWatchSource:
+class CloudWatchSource(SourceDefaults):
     """The latest datapoint of the metric in the look-back window, once per sample (percent -> ratio)."""
 
     name = "cloudwatch"
@@ -124,15 +124,3 @@ class CloudWatchSource:
                 ),
             )
         ]
-
-    def notes(self) -> list[str]:
-        return []
-
-    def finish(self) -> dict[str, Any]:
-        return {}
-
-    def status_override(self) -> tuple[str, str] | None:
-        return None
-
-    def close(self) -> None:
-        return None

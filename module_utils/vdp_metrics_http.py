@@ -13,9 +13,23 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ansible.module_utils.urls import open_url
-from ansible.module_utils.vdp_metrics import ConfigError, MetricSpec, Sample, SourceUnreachable, resolve_threshold, utc_now
+from ansible.module_utils.vdp_metrics import (
+    ConfigError,
+    MetricSpec,
+    Sample,
+    SourceDefaults,
+    SourceUnreachable,
+    resolve_threshold,
+    utc_now,
+)
 
 MAX_BODY = 1024 * 1024
+# Each probe's two metrics: (metric, statistic judged, unit, threshold, label) - the seed's "API response time > 2 s"
+# on the p95 of its response times, and "error rate > 1 %" on the share of its requests that failed.
+PROBE_METRICS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("response_seconds", "p95", "s", "api_response_seconds", "p95"),
+    ("error", "mean", "ratio", "error_ratio", "errors"),
+)
 _SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "auth", "signature", "credential")
 
 
@@ -40,7 +54,7 @@ def _reason(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- HTTP probes
 
 
-class HttpSource:
+class HttpSource(SourceDefaults):
     """Each probe is requested once per sample; its response time and whether it answered as expected."""
 
     name = "http"
@@ -60,31 +74,19 @@ class HttpSource:
             raise ConfigError("http.probes is empty: list at least one probe {name, url}, or leave the http source out")
 
     def specs(self) -> list[MetricSpec]:
-        out = []
-        for p in self.probes:
-            out.append(
-                MetricSpec(
-                    "http",
-                    f"{p['name']}.response_seconds",
-                    statistic="p95",
-                    unit="s",
-                    threshold=self.thresholds.get("api_response_seconds"),
-                    threshold_name="api_response_seconds",
-                    label=f"{p['name']} p95",
-                )
+        return [
+            MetricSpec(
+                "http",
+                f"{p['name']}.{metric}",
+                statistic=statistic,
+                unit=unit,
+                threshold=self.thresholds.get(threshold),
+                threshold_name=threshold,
+                label=f"{p['name']} {label}",
             )
-            out.append(
-                MetricSpec(
-                    "http",
-                    f"{p['name']}.error",
-                    statistic="mean",
-                    unit="ratio",
-                    threshold=self.thresholds.get("error_ratio"),
-                    threshold_name="error_ratio",
-                    label=f"{p['name']} errors",
-                )
-            )
-        return out
+            for p in self.probes
+            for metric, statistic, unit, threshold, label in PROBE_METRICS
+        ]
 
     def describe(self) -> str:
         probes = ", ".join(f"{p['name']} ({p['method']} {redact_url(p['url'])})" for p in self.probes)
@@ -142,9 +144,6 @@ class HttpSource:
             Sample(now, "http", f"{probe['name']}.error", 0.0 if ok else 1.0, detail),
         ]
 
-    def notes(self) -> list[str]:
-        return []
-
     def finish(self) -> dict[str, Any]:
         return dict(responses=dict(self.responses))
 
@@ -155,9 +154,6 @@ class HttpSource:
             return None
         reason = "; ".join(self.connect_failures.get(n, f"{n}: no answer") for n in silent)
         return ("unreachable" if len(silent) == len(self.responses) else "partial"), reason
-
-    def close(self) -> None:
-        return None
 
 
 def _body(probe: dict[str, Any]) -> tuple[bytes | None, dict[str, str]]:
@@ -174,7 +170,7 @@ def _body(probe: dict[str, Any]) -> tuple[bytes | None, dict[str, str]]:
 # --------------------------------------------------------------------------- Prometheus
 
 
-class PrometheusSource:
+class PrometheusSource(SourceDefaults):
     """Instant queries (GET /api/v1/query); the worst series of a vector is the sample's value."""
 
     name = "prometheus"
@@ -277,18 +273,6 @@ class PrometheusSource:
             return Sample(now, "prometheus", q["name"], None, detail)
         worst = min(values) if q["comparison"] in ("lt", "le") else max(values)
         return Sample(now, "prometheus", q["name"], worst, detail)
-
-    def notes(self) -> list[str]:
-        return []
-
-    def finish(self) -> dict[str, Any]:
-        return {}
-
-    def status_override(self) -> tuple[str, str] | None:
-        return None
-
-    def close(self) -> None:
-        return None
 
 
 def _number(text: Any) -> float | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ansible.module_utils.vdp_metrics import MetricSpec, Sample, SourceUnreachable, utc_now
+from ansible.module_utils.vdp_metrics import MetricSpec, Sample, SourceDefaults, SourceUnreachable, utc_now
 from ansible.module_utils.vdp_pg import APPLICATION_NAME_PREFIX, ConnectionFailure, connect
 
 try:
@@ -82,7 +82,7 @@ def gate_application_name(run_id: str | None) -> str:
     return f"{APPLICATION_NAME_PREFIX} monitor {run_id or ''}".strip()[:63]
 
 
-class SqlSource:
+class SqlSource(SourceDefaults):
     """Read-only samples of the production database; reconnects after a lost connection."""
 
     name = "sql"
@@ -270,9 +270,6 @@ class SqlSource:
             self._notes.append(f"pg_stat_statements present but not readable: {_first_line(exc)}")
             return {}
         return dict(top_queries=[dict(queryid=r[0], query=r[1], calls=r[2], total_ms=r[3], mean_ms=r[4]) for r in rows])
-
-    def status_override(self) -> tuple[str, str] | None:
-        return None
 
     def _drop(self) -> None:
         if self.conn is not None:
