@@ -58,10 +58,7 @@ EXAMPLES = r"""
   vdp_run_lease:
     run_id: "{{ vdp_run_id }}"
     phase: backup
-    login_host: "{{ vdp_production_db.host }}"
-    login_db: "{{ vdp_production_db.dbname }}"
-    login_user: "{{ vdp_production_db.user }}"
-    login_password: "{{ vdp_production_db.password | default(omit) }}"
+    db: "{{ vdp_production_db }}"
 
 - name: Take over the lease of a run that crashed
   vdp_run_lease:

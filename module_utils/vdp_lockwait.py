@@ -14,7 +14,7 @@ import random
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ansible.module_utils.vdp_errors import OperatorError, first_line
@@ -26,11 +26,12 @@ try:
 except ImportError:  # pragma: no cover - vdp_pg.connect reports the missing package
     HAS_PSYCOPG = False
 
-# Defaults of every module's lock options (one source: doc fragment vdp_lock_options documents them).
+# Defaults of every module's lock options (one source: doc fragments vdp_postgres and vdp_run document them).
 LOCK_TIMEOUT = "1s"
 LOCK_RETRIES = 10
 LOCK_RETRY_BACKOFF = 0.5
 BACKOFF_CAP_SECONDS = 15.0
+WATCH_INTERVAL = 0.1  # seconds between two looks at who blocks a waiting session
 
 _BLOCKERS_SQL = """
 SELECT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''), coalesce(a.state, ''),
@@ -73,51 +74,39 @@ def backoff_delay(attempt: int, base: float, cap: float = BACKOFF_CAP_SECONDS, r
     return (rng or random).uniform(min(base, high), high) if high > 0 else 0.0
 
 
-@dataclass
-class BlockerWatch:
-    """Samples pg_blocking_pids() of one session from another connection while it waits."""
-
-    connect: Callable[[], Any]
-    pid: int
-    interval: float = 0.1
-    seen: dict[int, Blocker] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="vdp-blocker-watch", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            conn = self.connect()
-        except Exception:  # noqa: BLE001 - the watch is a diagnostic: without it the work still runs
-            return
-        try:
-            conn.autocommit = True
-            while not self._stop.wait(self.interval):
-                for row in conn.execute(_BLOCKERS_SQL, (self.pid,)).fetchall():
-                    self.seen[int(row[0])] = Blocker(int(row[0]), *[str(v) for v in row[1:]])
-        except Exception:  # noqa: BLE001, S110 - a lost watcher connection only loses the diagnosis
-            pass
-        finally:
-            conn.close()
-
-    def __enter__(self) -> BlockerWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+def _sample_blockers(connect: Callable[[], Any], pid: int, seen: dict[int, Blocker], stop: threading.Event) -> None:
+    """Until `stop`, every WATCH_INTERVAL seconds: the sessions blocking `pid`, into `seen` (on its own connection)."""
+    try:
+        conn = connect()
+    except Exception:  # noqa: BLE001 - the watch is a diagnostic: without it the work still runs
+        return
+    try:
+        conn.autocommit = True
+        while not stop.wait(WATCH_INTERVAL):
+            for row in conn.execute(_BLOCKERS_SQL, (pid,)).fetchall():
+                seen[int(row[0])] = Blocker(int(row[0]), *[str(v) for v in row[1:]])
+    except Exception:  # noqa: BLE001, S110 - a lost watcher connection only loses the diagnosis
+        pass
+    finally:
+        conn.close()
 
 
 @contextmanager
 def watch_blockers(connect: Callable[[], Any] | None, pid: int | None) -> Iterator[dict[int, Blocker]]:
-    """A dict that fills with the sessions blocking `pid` while the block runs ({} without a watcher)."""
+    """A dict that fills with the sessions blocking `pid` while the block runs ({} without a watcher), sampled
+    from pg_blocking_pids() on a second connection by a background thread."""
+    seen: dict[int, Blocker] = {}
     if connect is None or pid is None:
-        yield {}
+        yield seen
         return
-    with BlockerWatch(connect, pid) as watch:
-        yield watch.seen
+    stop = threading.Event()
+    thread = threading.Thread(target=_sample_blockers, args=(connect, pid, seen, stop), name="vdp-blocker-watch", daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def with_lock_retry(
