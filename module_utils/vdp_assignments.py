@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +17,7 @@ try:
 except ImportError:  # pragma: no cover - reported by the module through vdp_pg.connect
     psycopg = None  # type: ignore[assignment]
 
+from ansible.module_utils.vdp_batching import BatchSizer
 from ansible.module_utils.vdp_errors import first_line
 from ansible.module_utils.vdp_lease import heartbeat
 from ansible.module_utils.vdp_legacy import relationship_classes_given_orphans
@@ -33,6 +32,21 @@ from ansible.module_utils.vdp_rules import (
     PAIR_BATCH_SQL,
     VALID_PAIRS_SQL,
 )
+from ansible.module_utils.vdp_workdir import atomic_file
+
+# The valid pairs with their assignment, if any: one hash join against the organization's coach assignments (at most
+# one per pair: the unique key), not one index probe per pair - a re-run with nothing to insert pays one pass.
+_PLAN_SQL = f"""
+WITH v AS ({VALID_PAIRS_SQL})
+SELECT count(*), count(a.practitioner_id), coalesce(sum(v.source_rows), 0), count(*) FILTER (WHERE v.source_rows > 1)
+FROM v LEFT JOIN public.practitioner_assignments a
+  ON a.practitioner_id = v.practitioner_id AND a.supervisor_id = v.sponsor_id
+ AND a.supervisor_role = 'coach' AND a.organization_id = %(org)s
+"""
+_PLAN_NONE_PRESENT_SQL = f"""
+WITH v AS ({VALID_PAIRS_SQL})
+SELECT count(*), 0, coalesce(sum(v.source_rows), 0), count(*) FILTER (WHERE v.source_rows > 1) FROM v
+"""
 
 
 def assignments_plan(conn: Any, org_id: Any, schema_ready: bool = True) -> dict[str, int]:
@@ -40,19 +54,14 @@ def assignments_plan(conn: Any, org_id: Any, schema_ready: bool = True) -> dict[
 
     With schema_ready=False or no organization yet (check mode before those exist) none is present.
     """
-    exists = ASSIGNMENT_EXISTS.format(v="v") if schema_ready and org_id is not None else "false"
-    query = f"""
-    WITH v AS ({VALID_PAIRS_SQL})
-    SELECT count(*), count(*) FILTER (WHERE {exists}), coalesce(sum(source_rows), 0), count(*) FILTER (WHERE source_rows > 1)
-    FROM v
-    """
+    query = _PLAN_SQL if schema_ready and org_id is not None else _PLAN_NONE_PRESENT_SQL
     with conn.cursor() as cur:
         cur.execute(query, dict(org=org_id))
-        pairs, present, rows, duplicated = cur.fetchone()
+        pairs, present_count, rows, duplicated = cur.fetchone()
     return dict(
         valid_pairs=int(pairs),
-        already_present=int(present),
-        pending=int(pairs) - int(present),
+        already_present=int(present_count),
+        pending=int(pairs) - int(present_count),
         valid_active_rows=int(rows),
         duplicate_pairs=int(duplicated),
         duplicate_rows_collapsed=int(rows) - int(pairs),
@@ -126,6 +135,8 @@ class AssignmentProgress:
     failed: list[dict[str, Any]] = field(default_factory=list)
     failed_count: int = 0
     lock_retries: int = 0
+    max_batch_ms: int = 0  # the longest batch transaction (the committed attempt: how long its FK checks' locks lasted)
+    sizes: dict[str, int] = field(default_factory=dict)  # BatchSizer.summary(): the sizes the batches took
 
 
 def _insert_rows(conn: Any, org_id: Any, rows: list[tuple[Any, Any, Any]]) -> int:
@@ -174,33 +185,34 @@ def migrate_assignments(
     sample_limit: int = 20,
     run_id: str | None = None,
     report: Callable[[int], None] | None = None,
+    sizer: BatchSizer | None = None,
 ) -> AssignmentProgress:
     """Insert one coach assignment per pending pair of pg_temp.vdp_pairs (see build_pairs), a batch
     per transaction, ON CONFLICT DO NOTHING. `progress` is filled as batches commit; `report`, when given, is
     called after each batch with the assignments inserted so far (the progress file).
 
+    Each batch is sized by time (`sizer`, by default a BatchSizer bounded by batch_size: see vdp_batching): the
+    foreign-key checks of its rows lock the profiles they reference FOR KEY SHARE until it commits, so its
+    transaction lasts about BATCH_TARGET_SECONDS whatever the machine's load and the table's size.
+
     One bad row never sinks the rest: if a batch fails on a data error (e.g. a profile deleted
     meanwhile: foreign key), it is redone row by row and the failing rows are reported. Between
     batches the lease gets a heartbeat and a stop request ends the loop (RunCancelled).
     """
+    sizer = sizer or BatchSizer(batch_size)
     after: tuple[Any, Any] | None = None
     while True:
         heartbeat(conn, run_id)
-        cond, args = _keyset(after)
-
-        def batch(cond: str = cond, args: dict[str, Any] = args) -> tuple[int, int, Any, Any]:
-            with conn.cursor() as cur:
-                cur.execute(INSERT_BATCH_SQL.format(cond=cond), dict(args, limit=batch_size, org=org_id))
-                inserted, taken, last_p, last_s = cur.fetchone()
-            conn.commit()
-            return int(inserted), int(taken), last_p, last_s
-
+        limit = sizer.size
         try:
-            (inserted, taken, last_p, last_s), attempts = policy.run(conn, batch, conn.rollback, what="an assignments batch")
+            (inserted, taken, last, seconds), attempts = policy.run(
+                conn, lambda a=after, n=limit: _insert_batch(conn, org_id, a, n, sizer), conn.rollback,
+                what="an assignments batch",
+            )
         except (psycopg.errors.IntegrityError, psycopg.errors.DataError):
             conn.rollback()
             progress.batches += 1
-            after = _insert_one_by_one(conn, org_id, after, batch_size, progress, sample_limit)
+            after = _insert_one_by_one(conn, org_id, after, limit, progress, sample_limit)
             if report is not None:
                 report(progress.inserted)
             if after is None:
@@ -208,16 +220,32 @@ def migrate_assignments(
             continue
         if taken == 0:
             break
+        sizer.record(taken, seconds)
+        progress.max_batch_ms, progress.sizes = round(sizer.slowest * 1000), sizer.summary()
         progress.batches += 1
         progress.inserted += inserted
         progress.lock_retries += attempts - 1
         if report is not None:
             report(progress.inserted)
-        after = (last_p, last_s)
-        if taken < batch_size:
+        after = last
+        if taken < limit:
             break
     drop_pairs(conn)
     return progress
+
+
+def _insert_batch(
+    conn: Any, org_id: Any, after: tuple[Any, Any] | None, limit: int, sizer: BatchSizer
+) -> tuple[int, int, tuple[Any, Any], float]:
+    """One batch in one transaction: up to `limit` pending pairs after `after` inserted, committed. Returns (inserted,
+    pairs taken, the last pair's (practitioner_id, sponsor_id), the transaction's seconds)."""
+    cond, args = _keyset(after)
+    started = sizer.clock()
+    with conn.cursor() as cur:
+        cur.execute(INSERT_BATCH_SQL.format(cond=cond), dict(args, limit=limit, org=org_id))
+        inserted, taken, last_p, last_s = cur.fetchone()
+    conn.commit()
+    return int(inserted), int(taken), (last_p, last_s), sizer.clock() - started
 
 
 # Every relationship the migration does not convert, with the reason: the complete list for the run record.
@@ -239,22 +267,13 @@ _NOT_CONVERTED_KEYS = ("id", "sponsor_id", "practitioner_id", "active", "created
 
 def write_not_converted(conn: Any, path: str) -> dict[str, Any]:
     """Stream every unconverted relationship into `path` (JSON lines; written whole or not at all). Commits."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     count = 0
-    handle, temp = tempfile.mkstemp(prefix=".not_converted-", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out, conn.cursor(name="vdp_not_converted") as cur:
+    with atomic_file(path, ".not_converted-") as out:
+        with conn.cursor(name="vdp_not_converted") as cur:
             cur.itersize = 5000
             cur.execute(_NOT_CONVERTED_SQL)
             for row in cur:
                 out.write(json.dumps(dict(zip(_NOT_CONVERTED_KEYS, row, strict=True))) + "\n")
                 count += 1
         conn.commit()
-        os.chmod(temp, 0o640)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
     return dict(path=path, relationships=count)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 try:
@@ -17,6 +17,7 @@ try:
 except ImportError:  # pragma: no cover - reported by the module through vdp_pg.connect
     psycopg = None  # type: ignore[assignment]
 
+from ansible.module_utils.vdp_batching import BatchSizer
 from ansible.module_utils.vdp_errors import EngineError
 from ansible.module_utils.vdp_lease import heartbeat
 from ansible.module_utils.vdp_lockwait import LockPolicy
@@ -199,8 +200,9 @@ class MembershipProgress:
     coach_and_practitioner: int = 0
     batches: int = 0
     lock_retries: int = 0
-    max_batch_ms: int = 0
+    max_batch_ms: int = 0  # the longest batch transaction (the committed attempt: how long it held its rows)
     trigger_suppression: str = SUPPRESS_ALTER
+    sizes: dict[str, int] = field(default_factory=dict)  # BatchSizer.summary(): the sizes the batches took
 
     def add_batch(self, migrated: int, coach_only: int, both: int) -> None:
         """A batch committed: count it."""
@@ -229,11 +231,10 @@ def _batch_epilogue(mode: str, triggers: list[tuple[str, str]]) -> sql.Composed 
 
 @dataclass
 class BatchPlan:
-    """What every batch of one membership run does: where, how the triggers are held off, how big."""
+    """What every batch of one membership run does: where, how the triggers are held off."""
 
     org_id: Any
     source: str | None
-    batch_size: int
     mode: str
     prologue: Any
     epilogue: Any
@@ -251,8 +252,13 @@ def migrate_membership(
     trigger_suppression: str = SUPPRESS_AUTO,
     run_id: str | None = None,
     report: Callable[[int], None] | None = None,
+    sizer: BatchSizer | None = None,
 ) -> MembershipProgress:
     """Keyset-batched UPDATE of profiles not yet migrated; one short transaction (commit) per batch.
+
+    Each batch is sized by time (`sizer`, by default a BatchSizer bounded by batch_size: see vdp_batching), so its
+    transaction - and the row locks it holds on the profiles it updated - lasts about BATCH_TARGET_SECONDS
+    whatever the machine's load and the table's size.
 
     `progress` is filled as batches COMMIT, so a failure half-way still reports what was committed; `report`, when
     given, is called after each committed batch with the profiles migrated so far (the progress file).
@@ -278,19 +284,20 @@ def migrate_membership(
     build_role_sources(conn)
     triggers = profile_update_triggers(conn)
     mode = choose_trigger_suppression(conn, trigger_suppression, triggers)
-    plan = BatchPlan(org_id, source, batch_size, mode, _batch_prologue(mode, triggers), _batch_epilogue(mode, triggers))
+    plan = BatchPlan(org_id, source, mode, _batch_prologue(mode, triggers), _batch_epilogue(mode, triggers))
+    sizer = sizer or BatchSizer(batch_size)
     progress.trigger_suppression = mode
     after: Any = None
     while True:
         heartbeat(conn, run_id)
-        started = time.monotonic()
-        (done, coach_only, both, last), attempts = policy.run(
-            conn, lambda after=after: _one_batch(conn, plan, after), conn.rollback, what="a membership batch"
+        (done, coach_only, both, last, seconds), attempts = policy.run(
+            conn, lambda after=after: _one_batch(conn, plan, after, sizer), conn.rollback, what="a membership batch"
         )
         progress.lock_retries += attempts - 1
-        progress.max_batch_ms = max(progress.max_batch_ms, int((time.monotonic() - started) * 1000))
         if last is None:
             break
+        sizer.record(done, seconds)
+        progress.max_batch_ms, progress.sizes = round(sizer.slowest * 1000), sizer.summary()
         progress.add_batch(done, coach_only, both)
         if report is not None:
             report(progress.migrated)
@@ -305,20 +312,22 @@ def migrate_membership(
     return progress
 
 
-def _one_batch(conn: Any, plan: BatchPlan, after: Any) -> tuple[int, int, int, Any]:
-    """One batch in one transaction: hold off the triggers, update up to batch_size profiles, commit."""
+def _one_batch(conn: Any, plan: BatchPlan, after: Any, sizer: BatchSizer) -> tuple[int, int, int, Any, float]:
+    """One batch in one transaction: hold off the triggers, update up to sizer.size profiles, commit. Returns the
+    counts, the last id taken (None: nothing left) and the transaction's seconds."""
+    started = sizer.clock()
     with conn.cursor() as cur:
         cur.execute(plan.prologue)
         if plan.mode == SUPPRESS_REPLICA:
             cur.execute(_LOCK_ORGANIZATION_SQL, (plan.org_id,))
             if cur.fetchone() is None:
                 raise EngineError(_ORGANIZATION_GONE)
-        cur.execute(membership_batch_sql(plan.source, after is None), dict(after=after, limit=plan.batch_size, org=plan.org_id))
+        cur.execute(membership_batch_sql(plan.source, after is None), dict(after=after, limit=sizer.size, org=plan.org_id))
         row = cur.fetchone()
         if plan.epilogue is not None:
             cur.execute(plan.epilogue)
     conn.commit()
-    return int(row[0]), int(row[1]), int(row[2]), row[3]
+    return int(row[0]), int(row[1]), int(row[2]), row[3], sizer.clock() - started
 
 
 _ROLE_TOTALS_SQL = """
