@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
+
+from ansible.module_utils.vdp_workdir import atomic_file
 
 UNITS: tuple[str, ...] = ("bytes", "rows", "profiles", "pairs", "steps")
 STATES: tuple[str, ...] = ("running", "done", "failed", "stopped")
@@ -151,18 +152,8 @@ class ProgressFile:
 
 def write_atomically(path: str, data: dict[str, Any]) -> None:
     """Whole or nothing: a reader never sees half a file (temporary file in the same folder, then rename), mode 0640."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, mode=0o750, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=".progress-", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out)
-        os.chmod(temp, 0o640)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    with atomic_file(path, ".progress-", folder_mode=0o750) as out:
+        json.dump(data, out)
 
 
 @contextmanager

@@ -10,9 +10,10 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 from datetime import UTC, datetime
 from typing import Any
+
+from ansible.module_utils.vdp_workdir import atomic_file
 
 RUN_JSON = "run.json"
 
@@ -32,19 +33,9 @@ def _parse(ts: str | None) -> datetime | None:
 
 def write_json(path: str, data: Any) -> None:
     """Write `data` as JSON to `path` atomically (temporary file + rename), mode 0640."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2, sort_keys=False, default=str)
-            out.write("\n")
-        os.chmod(temp, 0o640)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    with atomic_file(path) as out:
+        json.dump(data, out, indent=2, sort_keys=False, default=str)
+        out.write("\n")
 
 
 def read_json(path: str) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 # production's data, so each is private (mode 0700), named after the process that owns it, removed on
 # every exit path (including SIGTERM / SIGINT / SIGHUP, which AWX and operators send), and a folder
 # left by a process that was killed outright (SIGKILL) is removed by the next run.
-"""Private, self-cleaning work folders for dumps, and the cleanup of a killed run's leftovers."""
+# And the one way the modules write a local file a reader may open at any moment (run record, progress file,
+# list of relationships not converted): whole or not at all.
+"""Private, self-cleaning work folders for dumps, the cleanup of a killed run's leftovers, atomic file writes."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 PREFIXES = ("vdp-restore-", "vdp-verify-", "vdp-backup-")
 _OWNED = re.compile(r"^(?P<prefix>vdp-(?:restore|verify|backup)-)(?P<pid>\d+)-")
@@ -70,3 +72,22 @@ def private_workdir(prefix: str, parent: str | None = None) -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def atomic_file(path: str, prefix: str = ".tmp-", folder_mode: int = 0o777) -> Iterator[TextIO]:
+    """A text file that appears at `path` whole or not at all, mode 0640: the block writes a temporary file in the
+    same folder (created with folder_mode, less the umask, when missing), renamed over `path` when the block ends
+    without error, removed when it raises. A reader never sees half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, mode=folder_mode, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=prefix, dir=folder)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            yield out
+        os.chmod(temp, 0o640)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
