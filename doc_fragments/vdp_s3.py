@@ -1,4 +1,5 @@
-# Documentation of the S3 connection options (module_utils/vdp_s3.py's s3_argument_spec), written once.
+# Documentation of the S3 options (module_utils/vdp_s3.py's s3_argument_spec), written once: the inventory's
+# vdp_s3 dict, the bucket, the prefix (a module may describe it in its own words) and the connection options.
 """Doc fragment: S3 connection options of the vdp_* modules."""
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ options:
       sse: {description: Server-side encryption., type: str, default: AES256, choices: [AES256, "aws:kms", none]}
       kms_key_id: {description: KMS key for I(sse=aws:kms)., type: str}
       create_bucket: {description: May the backup create a missing bucket., type: bool, default: false}
+  bucket:
+    description: S3 bucket (or I(s3.bucket)); required one way or the other.
+    type: str
+  prefix:
+    description: Key prefix of the backups (or I(s3.prefix)).
+    type: str
+    default: ""
   endpoint_url:
     description: S3 endpoint for S3-compatible stores (C(AWS_ENDPOINT_URL_S3) / C(AWS_ENDPOINT_URL)); AWS when empty.
     type: str
@@ -64,4 +72,7 @@ options:
     description: Attempts per S3 call (boto3 standard retry mode).
     type: int
     default: 5
+notes:
+  - S3 options follow amazon.aws (endpoint_url, region, access_key, secret_key, session_token, validate_certs,
+    ca_bundle) with AWS_* environment fallback.
 """

@@ -45,9 +45,6 @@ options:
     description: The run id; it names the backup's folder and is never pruned.
     type: str
     required: true
-  bucket:
-    description: S3 bucket (or I(s3.bucket)); required one way or the other.
-    type: str
   prefix:
     description: Key prefix of this database's backups (e.g. C(virtue/production)).
     type: str
@@ -119,8 +116,6 @@ notes:
   - Connection options follow community.postgresql (login_host, login_port, login_user, login_password, login_db,
     ssl_mode, ca_cert, connect_timeout) with PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE fallback; the password
     reaches pg_dump only through PGPASSWORD in its environment.
-  - S3 options follow amazon.aws (endpoint_url, region, access_key, secret_key, session_token, validate_certs,
-    ca_bundle) with AWS_* environment fallback.
   - SeaweedFS (the sandbox) supports multipart upload, copy with metadata replacement, tags and AES256; it has no
     KMS, so C(aws:kms) is exercised against AWS only.
 attributes:
@@ -139,16 +134,9 @@ requirements:
 EXAMPLES = r"""
 - name: Back up production to S3 without touching local disk
   vdp_backup:
-    login_host: "{{ vdp_production_db.host }}"
-    login_port: "{{ vdp_production_db.port }}"
-    login_user: "{{ vdp_production_db.user }}"
-    login_password: "{{ vdp_production_db.password | default(omit) }}"
-    login_db: "{{ vdp_production_db.dbname }}"
-    endpoint_url: "{{ vdp_s3.endpoint_url | default(omit) }}"
-    access_key: "{{ vdp_s3.access_key | default(omit) }}"
-    secret_key: "{{ vdp_s3.secret_key | default(omit) }}"
-    bucket: "{{ vdp_s3.bucket }}"
-    prefix: "{{ vdp_s3.prefix }}"
+    db: "{{ vdp_production_db }}"
+    inventory_key: vdp_production_db
+    s3: "{{ vdp_s3 }}"
     run_id: "{{ vdp_run_id }}"
     mode: stream
   no_log: true
@@ -224,46 +212,41 @@ deleted_objects:
 """
 
 import os
-import time
 from datetime import timedelta
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vdp_archive import head_or_none, list_backup_sets, read_json_object, s3_call
-from ansible.module_utils.vdp_baseline import legacy_snapshot
+from ansible.module_utils.vdp_archive import list_backup_sets, read_json_object
 from ansible.module_utils.vdp_dump import (
     INCOMING_DIR,
     META_SHA256,
     TAG_SHA256,
     DumpFailure,
-    HashingMultipartWriter,
     Layout,
-    MiB,
-    SnapshotCounts,
     abort_stale_uploads,
     build_manifest,
     check_run_id,
-    dump_command,
-    export_snapshot,
-    file_dump,
-    publish_copy,
-    pump,
     put_manifest,
-    sse_args,
-    stream_dump,
-    tar_directory,
     utcnow,
 )
+from ansible.module_utils.vdp_dump_upload import backup_sse, dump_to_incoming, publish
 from ansible.module_utils.vdp_guard import identify
-from ansible.module_utils.vdp_lease import HeartbeatThread
 from ansible.module_utils.vdp_legacy import LEGACY_TABLES
 from ansible.module_utils.vdp_lifecycle import application_name, run_module
 from ansible.module_utils.vdp_names import TARGET_TABLES
 from ansible.module_utils.vdp_pg import connect, pg_connection_argument_spec, target_from_params
 from ansible.module_utils.vdp_pgtools import pg_tool_path, pg_tool_version, skew_problem
 from ansible.module_utils.vdp_progress import ProgressFile, amount, progress_file
-from ansible.module_utils.vdp_s3 import S3_DICT_OPTIONS, ensure_bucket, s3_argument_spec, s3_client, s3_secrets, validate_tags
-from ansible.module_utils.vdp_workdir import private_workdir, remove_stale
+from ansible.module_utils.vdp_s3 import (
+    bucket_problem,
+    ensure_bucket,
+    head_or_none,
+    s3_argument_spec,
+    s3_call,
+    s3_client,
+    validate_tags,
+)
+from ansible.module_utils.vdp_workdir import remove_stale
 
 
 def argument_spec() -> dict[str, Any]:
@@ -272,9 +255,6 @@ def argument_spec() -> dict[str, Any]:
     spec.update(
         state=dict(type="str", choices=["present", "pruned"], default="present"),
         run_id=dict(type="str", required=True),
-        s3=dict(type="dict", options=S3_DICT_OPTIONS),
-        bucket=dict(type="str"),
-        prefix=dict(type="str", default=""),
         create_bucket=dict(type="bool", default=False),
         mode=dict(type="str", choices=["stream", "file"], default="stream"),
         format=dict(type="str", choices=["custom", "directory"], default="custom"),
@@ -297,9 +277,9 @@ def argument_spec() -> dict[str, Any]:
 
 
 def input_problem(p: dict[str, Any]) -> str | None:
-    if not p.get("bucket"):
-        return "no bucket: set vdp_s3.bucket (the bucket of the backups)"
     """One line naming the first bad input, or None."""
+    if problem := bucket_problem(p):
+        return problem
     try:
         check_run_id(p["run_id"])
     except ValueError as exc:
@@ -357,101 +337,6 @@ def existing_backup(module: AnsibleModule, client: Any, layout: Layout) -> tuple
     return manifest, None
 
 
-# --------------------------------------------------------------------------- the dump
-
-
-def snapshot_checksums(conn: Any) -> dict[str, Any]:
-    """Rows and content checksum of every legacy table (legacy columns; the migration's flags left out)."""
-    return {t: dict(rows=v["rows"], checksum=v["checksum"], columns=v["columns"]) for t, v in legacy_snapshot(conn).items()}
-
-
-def run_dump(
-    module: AnsibleModule,
-    client: Any,
-    cmd: list[str],
-    incoming: str,
-    extra: dict[str, Any],
-    beat: HeartbeatThread,
-    pfile: ProgressFile,
-) -> Any:
-    """Run pg_dump and stream its archive into the multipart upload of `incoming`; returns the UploadResult.
-
-    On any failure - pg_dump, S3, a stop request (playbooks/stop.yml) - the upload is aborted: nothing is published.
-    """
-    p = module.params
-    secrets = [p.get("login_password"), *s3_secrets(p)]
-    writer = s3_call(
-        "start the upload",
-        p,
-        p["bucket"],
-        lambda: HashingMultipartWriter(
-            client, p["bucket"], incoming, p["part_size_mb"] * MiB, extra, p["upload_threads"], on_write=pfile.update
-        ),
-    )
-    try:
-        if p["mode"] == "stream":
-            s3_call(
-                "upload the dump",
-                p,
-                p["bucket"],
-                lambda: stream_dump(cmd, p.get("login_password"), secrets, writer.write, beat.check),
-            )
-        else:
-            pfile.tick("pg_dump into the work folder")
-            file_dump(cmd, p.get("login_password"), secrets)
-            beat.check()
-            output = cmd[-1]
-            pfile.stage("backup", "bytes", None if p["format"] == "directory" else os.path.getsize(output), 0, "uploading")
-            if p["format"] == "directory":
-                s3_call("upload the dump", p, p["bucket"], lambda: tar_directory(output, writer))
-            else:
-                with open(output, "rb") as handle:
-                    s3_call("upload the dump", p, p["bucket"], lambda: pump(handle, writer.write, check=beat.check))
-        return s3_call("complete the upload", p, p["bucket"], writer.complete)
-    except BaseException:
-        writer.abort()
-        raise
-
-
-def dump_to_incoming(
-    module: AnsibleModule, client: Any, conn: Any, pg_dump: str, incoming: str, tables: list[str], pfile: ProgressFile
-) -> tuple[Any, Any, float]:
-    """pg_dump (in the snapshot the counts read) into the incoming upload; (upload, counts, seconds)."""
-    p = module.params
-    snapshot = export_snapshot(conn)
-    counts = SnapshotCounts(conn, tables, checksums=snapshot_checksums)
-    sse = sse_args(None if p["sse"] == "none" else p["sse"], p.get("kms_key_id"))
-    beat_params = dict(p, application_name=application_name(p, "backup-heartbeat"))
-    with private_workdir("vdp-backup-", p["workdir"]) as workdir:
-        output = os.path.join(workdir, "dump" if p["format"] == "directory" else "dump.pgdump") if p["mode"] == "file" else None
-        cmd = dump_command(pg_dump, p, target_from_params(p), snapshot, output)
-        counts.start()
-        started = time.monotonic()
-        with HeartbeatThread(lambda: connect(beat_params, autocommit=True), p["run_id"]) as beat:
-            upload = run_dump(module, client, cmd, incoming, sse, beat, pfile)
-        seconds = time.monotonic() - started
-        counts.join()
-    conn.execute("COMMIT")
-    return upload, counts, seconds
-
-
-def publish(
-    module: AnsibleModule, client: Any, incoming: str, key: str, upload: Any, tags: dict[str, str], dump_version: str
-) -> float:
-    """Server-side copy of the finished upload onto its final key with its SHA-256 in metadata and tags."""
-    p = module.params
-    bucket = p["bucket"]
-    sse = sse_args(None if p["sse"] == "none" else p["sse"], p.get("kms_key_id"))
-    metadata = {META_SHA256: upload.sha256, "run-id": p["run_id"], "format": p["format"], "pg-dump-version": dump_version}
-    started = time.monotonic()
-    s3_call("publish the dump", p, bucket, lambda: publish_copy(client, bucket, incoming, key, upload.size, metadata, tags, sse))
-    s3_call("remove the temporary upload", p, bucket, lambda: client.delete_object(Bucket=bucket, Key=incoming))
-    final = s3_call("check the published dump", p, bucket, lambda: client.head_object(Bucket=bucket, Key=key))
-    if int(final["ContentLength"]) != upload.size or (final.get("Metadata") or {}).get(META_SHA256) != upload.sha256:
-        raise DumpFailure(f"the published object {key} does not match what was uploaded: check the S3 service")
-    return time.monotonic() - started
-
-
 def make_backup(module: AnsibleModule, client: Any, layout: Layout, result: dict[str, Any], pfile: ProgressFile) -> None:
     p = module.params
     tables = [*LEGACY_TABLES, *TARGET_TABLES] if p["tables"] is None else p["tables"]
@@ -484,10 +369,10 @@ def make_backup(module: AnsibleModule, client: Any, layout: Layout, result: dict
         incoming = layout.incoming_key(key)
         on_disk = amount(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0], "bytes")
         pfile.start(None, 0, f"the database is {on_disk} on disk")
-        upload, counts, dump_seconds = dump_to_incoming(module, client, conn, pg_dump, incoming, tables, pfile)
+        upload, counts, dump_seconds = dump_to_incoming(p, client, conn, pg_dump, incoming, tables, pfile)
         pfile.update(upload.size, total=upload.size, note="publishing it, writing the manifest")
         tags = backup_tags(p, target.dbname, upload.sha256)
-        publish_seconds = publish(module, client, incoming, key, upload, tags, dump_version)
+        publish_seconds = publish(p, client, incoming, key, upload, tags, dump_version)
         manifest = build_manifest(p, layout, key, upload, tags, target, identity, counts, started)
         manifest.update(
             server_version=str(server_version),
@@ -497,12 +382,11 @@ def make_backup(module: AnsibleModule, client: Any, layout: Layout, result: dict
             dump_seconds=round(dump_seconds, 3),
             publish_seconds=round(publish_seconds, 3),
         )
-        sse = sse_args(None if p["sse"] == "none" else p["sse"], p.get("kms_key_id"))
         s3_call(
             "write the manifest",
             p,
             p["bucket"],
-            lambda: put_manifest(client, p["bucket"], layout.manifest_key, manifest, sse, tags),
+            lambda: put_manifest(client, p["bucket"], layout.manifest_key, manifest, backup_sse(p), tags),
         )
         result.update(changed=True, size=upload.size, sha256=upload.sha256, tables=counts.counts, manifest=manifest)
     finally:

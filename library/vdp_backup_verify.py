@@ -20,39 +20,18 @@ description:
   - Read-only - it never changes anything, so it runs the same in check mode and always reports changed=false.
   - With I(progress_file) (not in check mode), writes the bytes read back of the object's size, the rate and the ETA.
 version_added: "1.0.0"
-extends_documentation_fragment: [vdp_module, vdp_s3, vdp_progress]
+extends_documentation_fragment: [vdp_module, vdp_s3, vdp_backup_source, vdp_progress]
 options:
-  bucket:
-    description: S3 bucket (or I(s3.bucket)); required one way or the other.
-    type: str
   prefix:
     description: Key prefix of the database's backups (as given to M(vdp_backup)).
     type: str
     default: ""
-  source:
-    description: Which backup - C(run) (I(run_id)), C(latest), or C(key) (I(key)).
-    type: str
-    choices: [run, latest, key]
-    default: run
-  run_id:
-    description: Run id of the backup, for I(source=run).
-    type: str
-  key:
-    description: Key of the dump object (or of its manifest.json), for I(source=key).
-    type: str
-  tables:
-    description: Tables (schema.name) that must be in the archive. Default - the legacy tables (vdp_legacy.LEGACY_TABLES).
-    type: list
-    elements: str
   pg_bindir:
     description: Folder of pg_restore; default the manifest's server major's usual folder, then PATH.
     type: path
   workdir:
     description: Local folder for the toc.dat of a directory-format backup (a temporary folder inside it, removed afterwards).
     type: path
-notes:
-  - S3 options follow amazon.aws (endpoint_url, region, access_key, secret_key, session_token, validate_certs,
-    ca_bundle) with AWS_* environment fallback.
 attributes:
   check_mode:
     support: full
@@ -67,11 +46,7 @@ requirements:
 EXAMPLES = r"""
 - name: Verify this run's backup
   vdp_backup_verify:
-    endpoint_url: "{{ vdp_s3.endpoint_url | default(omit) }}"
-    access_key: "{{ vdp_s3.access_key | default(omit) }}"
-    secret_key: "{{ vdp_s3.secret_key | default(omit) }}"
-    bucket: "{{ vdp_s3.bucket }}"
-    prefix: "{{ vdp_s3.prefix }}"
+    s3: "{{ vdp_s3 }}"
     run_id: "{{ vdp_run_id }}"
   no_log: true
 
@@ -143,54 +118,30 @@ import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vdp_archive import locate_backup, s3_call, verify_backup
+from ansible.module_utils.vdp_archive import BackupReader, backup_source_problem, backup_source_spec
 from ansible.module_utils.vdp_errors import OperatorError
-from ansible.module_utils.vdp_legacy import LEGACY_TABLES
 from ansible.module_utils.vdp_lifecycle import run_module
 from ansible.module_utils.vdp_pgtools import pg_tool_path
 from ansible.module_utils.vdp_progress import progress_file
-from ansible.module_utils.vdp_s3 import S3_DICT_OPTIONS, bucket_exists, s3_argument_spec, s3_client
+from ansible.module_utils.vdp_s3 import s3_argument_spec
 from ansible.module_utils.vdp_workdir import private_workdir
 
 
 def argument_spec() -> dict[str, Any]:
     spec = s3_argument_spec()
-    spec.update(
-        s3=dict(type="dict", options=S3_DICT_OPTIONS),
-        bucket=dict(type="str"),
-        prefix=dict(type="str", default=""),
-        source=dict(type="str", choices=["run", "latest", "key"], default="run"),
-        run_id=dict(type="str"),
-        key=dict(type="str", no_log=False),
-        tables=dict(type="list", elements="str"),
-        pg_bindir=dict(type="path"),
-        workdir=dict(type="path"),
-        progress_file=dict(type="path"),
-    )
+    spec.update(backup_source_spec())
+    spec.update(pg_bindir=dict(type="path"), workdir=dict(type="path"), progress_file=dict(type="path"))
     return spec
 
 
 def input_problem(p: dict[str, Any]) -> str | None:
-    if not p.get("bucket"):
-        return "no bucket: set vdp_s3.bucket (the bucket of the backups)"
-    if p["source"] == "run" and not p["run_id"]:
-        return "source=run needs run_id (the run whose backup to verify)"
-    if p["source"] == "key" and not p["key"]:
-        return "source=key needs key (the dump's object key, or its manifest.json)"
-    return None
+    return backup_source_problem(p, "verify")
 
 
 def verify(module: AnsibleModule, _conn: Any, result: dict[str, Any]) -> None:
     p = module.params
-    client = s3_client(p)
-    if not bucket_exists(client, p["bucket"], p):
-        raise OperatorError(f"bucket '{p['bucket']}' does not exist: there is no backup to verify")
-    manifest_key, manifest = s3_call(
-        "read the backup manifest",
-        p,
-        p["bucket"],
-        lambda: locate_backup(client, p["bucket"], p["prefix"], p["source"], p["run_id"], p["key"]),
-    )
+    reader = BackupReader(p)
+    manifest = reader.find("verify")
     major = int(manifest.get("server_version_num") or 0) // 10000 or None
     pg_restore = pg_tool_path("pg_restore", p["pg_bindir"], major)
     started = time.monotonic()
@@ -199,37 +150,13 @@ def verify(module: AnsibleModule, _conn: Any, result: dict[str, Any]) -> None:
         progress_file(p.get("progress_file"), "verification", "bytes", module.check_mode) as pfile,
     ):
         pfile.start(int(manifest.get("size") or 0) or None, 0, "SHA-256, table of contents, full decode")
-        verdict = s3_call(
-            "read the backup back",
-            p,
-            p["bucket"],
-            lambda: verify_backup(
-                client,
-                p["bucket"],
-                manifest_key,
-                manifest,
-                pg_restore,
-                LEGACY_TABLES if p["tables"] is None else p["tables"],
-                workdir,
-                on_read=pfile.update,
-            ),
-        )
+        verdict = reader.prove(pg_restore, workdir, pfile.update)
         if not verdict.ok:
             pfile.finish("failed", note="the backup FAILED verification")
     result.update(
-        verified=verdict.ok,
-        key=verdict.key,
-        manifest_key=manifest_key,
+        verdict.facts(),
+        manifest_key=reader.manifest_key,
         run_id=manifest.get("run_id"),
-        size=verdict.size,
-        sha256=verdict.sha256_computed,
-        sha256_metadata=verdict.sha256_metadata,
-        sha256_tag=verdict.sha256_tag,
-        sha256_manifest=verdict.sha256_manifest,
-        decoded=verdict.decoded,
-        toc_entries=verdict.toc_entries,
-        missing_tables=verdict.missing_tables,
-        problems=verdict.problems,
         manifest=manifest,
         seconds=round(time.monotonic() - started, 3),
     )

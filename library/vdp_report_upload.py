@@ -23,9 +23,6 @@ description:
 version_added: "1.0.0"
 extends_documentation_fragment: [vdp_module, vdp_s3]
 options:
-  bucket:
-    description: S3 bucket (or I(s3.bucket)); required one way or the other.
-    type: str
   prefix:
     description: Key prefix of the backups (I(s3.prefix)); the record goes under C(<prefix>/<run_id>/<folder>/).
     type: str
@@ -50,9 +47,6 @@ options:
   kms_key_id:
     description: KMS key id or ARN for I(sse=aws:kms); the bucket's default KMS key when empty.
     type: str
-notes:
-  - S3 options follow amazon.aws (endpoint_url, region, access_key, secret_key, session_token, validate_certs,
-    ca_bundle) with AWS_* environment fallback.
 attributes:
   check_mode:
     support: full
@@ -100,9 +94,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vdp_archive import s3_call
 from ansible.module_utils.vdp_lifecycle import run_module
-from ansible.module_utils.vdp_s3 import S3_DICT_OPTIONS, S3Failure, is_not_found, join_key, s3_argument_spec, s3_client
+from ansible.module_utils.vdp_s3 import S3Failure, bucket_problem, head_or_none, join_key, s3_argument_spec, s3_call, s3_client
 
 CONTENT_TYPES = {
     ".json": "application/json",
@@ -125,9 +118,6 @@ class LocalFile:
 def argument_spec() -> dict[str, Any]:
     spec = s3_argument_spec()
     spec.update(
-        s3=dict(type="dict", options=S3_DICT_OPTIONS),
-        bucket=dict(type="str"),
-        prefix=dict(type="str", default=""),
         run_id=dict(type="str", required=True),
         folder=dict(type="str", default="report"),
         src_dir=dict(type="path", required=True),
@@ -138,8 +128,8 @@ def argument_spec() -> dict[str, Any]:
 
 
 def input_problem(p: dict[str, Any]) -> str | None:
-    if not p.get("bucket"):
-        return "no bucket: set vdp_s3.bucket (the bucket of the backups, where the run record goes beside them)"
+    if problem := bucket_problem(p, "the bucket of the backups, where the run record goes beside them"):
+        return problem
     if not os.path.isdir(p["src_dir"]):
         return f"run record folder {p['src_dir']} does not exist: check vdp_run_dir / run_report_dir"
     if "/" in p["run_id"] or not p["run_id"].strip():
@@ -187,15 +177,6 @@ def same_encryption(head: dict[str, Any], p: dict[str, Any]) -> bool:
     return str(head.get("SSEKMSKeyId", "")).endswith(key)
 
 
-def head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
-    try:
-        return client.head_object(Bucket=bucket, Key=key)
-    except Exception as exc:
-        if is_not_found(exc):
-            return None
-        raise
-
-
 def put(client: Any, p: dict[str, Any], key: str, item: LocalFile) -> dict[str, Any]:
     extension = os.path.splitext(item.name)[1].lower()
     content_type = CONTENT_TYPES.get(extension) or mimetypes.guess_type(item.name)[0] or "application/octet-stream"
@@ -203,7 +184,7 @@ def put(client: Any, p: dict[str, Any], key: str, item: LocalFile) -> dict[str, 
         answer = client.put_object(Bucket=p["bucket"], Key=key, Body=body, ContentType=content_type,
                                    Metadata={"sha256": item.sha256, "run-id": p["run_id"]}, **encryption_args(p))  # fmt: skip
     if p["sse"] != "none" and not same_encryption(answer, p):
-        stored = head(client, p["bucket"], key) or {}
+        stored = head_or_none(client, p["bucket"], key) or {}
         if not same_encryption(stored, p):
             raise S3Failure(
                 f"s3://{p['bucket']}/{key} was stored with encryption {stored.get('ServerSideEncryption') or 'none'}, "
@@ -220,7 +201,7 @@ def upload(module: AnsibleModule, _conn: Any, result: dict[str, Any]) -> None:
     client = s3_client(p)
     for item in local_files(p["src_dir"]):
         key = join_key(base, item.name)
-        found = s3_call("read a run record object", p, p["bucket"], lambda k=key: head(client, p["bucket"], k))
+        found = s3_call("read a run record object", p, p["bucket"], lambda k=key: head_or_none(client, p["bucket"], k))
         current = found is not None and (found.get("Metadata") or {}).get("sha256") == item.sha256 and same_encryption(found, p)
         entry = dict(key=key, size=item.size, sha256=item.sha256)
         if current:

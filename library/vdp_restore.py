@@ -38,7 +38,7 @@ description:
   - Idempotent - the restored database carries a comment naming the backup; when it already holds this backup
     with matching row counts, nothing is done (changed=false) unless I(force=true).
 version_added: "1.0.0"
-extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_postgres.production, vdp_s3, vdp_progress]
+extends_documentation_fragment: [vdp_module, vdp_postgres, vdp_postgres.production, vdp_s3, vdp_backup_source, vdp_progress]
 options:
   production:
     description:
@@ -63,21 +63,10 @@ options:
   run_id:
     description: The runbook run id (source C(run)'s backup; the lease heartbeat and stop request).
     type: str
-  bucket:
-    description: S3 bucket (or I(s3.bucket)); required one way or the other.
-    type: str
   prefix:
     description: Key prefix of the backups (as given to M(vdp_backup)).
     type: str
     default: ""
-  source:
-    description: Which backup - C(run) (I(run_id)), C(latest), or C(key) (I(key)).
-    type: str
-    choices: [run, latest, key]
-    default: run
-  key:
-    description: Key of the dump object (or of its manifest.json), for I(source=key).
-    type: str
   mode:
     description: C(file) (download, then parallel pg_restore) or C(stream) (no local disk, one job).
     type: str
@@ -90,10 +79,6 @@ options:
   workdir:
     description: Local folder for I(mode=file) (a temporary folder inside it, removed afterwards).
     type: path
-  tables:
-    description: Tables (schema.name) that must be in the archive. Default - the legacy tables.
-    type: list
-    elements: str
   create_roles:
     description: Create the roles the dump references that the target cluster lacks (NOLOGIN).
     type: bool
@@ -140,17 +125,10 @@ requirements:
 EXAMPLES = r"""
 - name: Restore this run's backup into staging
   vdp_restore:
-    login_host: "{{ vdp_staging_db.host }}"
-    login_port: "{{ vdp_staging_db.port }}"
-    login_user: "{{ vdp_staging_db.user }}"
-    login_password: "{{ vdp_staging_db.password | default(omit) }}"
-    login_db: "{{ vdp_staging_db.dbname }}"
+    db: "{{ vdp_staging_db }}"
+    inventory_key: vdp_staging_db
     production: "{{ vdp_production_db }}"
-    endpoint_url: "{{ vdp_s3.endpoint_url | default(omit) }}"
-    access_key: "{{ vdp_s3.access_key | default(omit) }}"
-    secret_key: "{{ vdp_s3.secret_key | default(omit) }}"
-    bucket: "{{ vdp_s3.bucket }}"
-    prefix: "{{ vdp_s3.prefix }}"
+    s3: "{{ vdp_s3 }}"
     run_id: "{{ vdp_run_id }}"
     jobs: 4
   no_log: true
@@ -221,14 +199,14 @@ seconds:
 
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vdp_archive import Verdict, locate_backup, s3_call, verify_backup
+from ansible.module_utils.vdp_archive import BackupReader, backup_source_problem, backup_source_spec, expected_tables
 from ansible.module_utils.vdp_errors import OperatorError
 from ansible.module_utils.vdp_guard import PRODUCTION_CONFIRMATION, GuardOutcome, check_target, identify
 from ansible.module_utils.vdp_lease import HeartbeatThread
-from ansible.module_utils.vdp_legacy import LEGACY_TABLES
 from ansible.module_utils.vdp_lifecycle import application_name, run_module, secrets_of
 from ansible.module_utils.vdp_pg import DB_OPTIONS, connect, pg_connection_argument_spec, target_from_params
 from ansible.module_utils.vdp_pgtools import pg_tool_path, pg_tool_version, skew_problem
@@ -248,7 +226,7 @@ from ansible.module_utils.vdp_restore import (
     run_restore_stream,
     set_marker,
 )
-from ansible.module_utils.vdp_s3 import S3_DICT_OPTIONS, S3Failure, bucket_exists, s3_argument_spec, s3_client
+from ansible.module_utils.vdp_s3 import S3Failure, s3_argument_spec, s3_call
 from ansible.module_utils.vdp_workdir import private_workdir, remove_stale
 
 try:
@@ -262,21 +240,15 @@ except ImportError:  # pragma: no cover - connect() reports it
 def argument_spec() -> dict[str, Any]:
     spec = pg_connection_argument_spec()
     spec.update(s3_argument_spec())
+    spec.update(backup_source_spec())
     spec.update(
         production=dict(type="dict", required=True, options=DB_OPTIONS),
         production_confirmation=dict(type="str", default="", no_log=False),
         allow_unreachable_production=dict(type="bool", default=False),
         maintenance_db=dict(type="str", default="postgres"),
-        s3=dict(type="dict", options=S3_DICT_OPTIONS),
-        bucket=dict(type="str"),
-        prefix=dict(type="str", default=""),
-        source=dict(type="str", choices=["run", "latest", "key"], default="run"),
-        run_id=dict(type="str"),
-        key=dict(type="str", no_log=False),
         mode=dict(type="str", choices=["file", "stream"], default="file"),
         jobs=dict(type="int", default=2),
         workdir=dict(type="path"),
-        tables=dict(type="list", elements="str"),
         create_roles=dict(type="bool", default=True),
         exit_on_error=dict(type="bool", default=True),
         no_owner=dict(type="bool", default=False),
@@ -290,12 +262,8 @@ def argument_spec() -> dict[str, Any]:
 
 
 def input_problem(p: dict[str, Any]) -> str | None:
-    if not p.get("bucket"):
-        return "no bucket: set vdp_s3.bucket (the bucket of the backups)"
-    if p["source"] == "run" and not p["run_id"]:
-        return "source=run needs run_id (the run whose backup to restore)"
-    if p["source"] == "key" and not p["key"]:
-        return "source=key needs key (the dump's object key, or its manifest.json)"
+    if problem := backup_source_problem(p, "restore"):
+        return problem
     if p["jobs"] < 1 or p["jobs"] > 64:
         return f"jobs must be 1-64, got {p['jobs']}"
     if p["workdir"] and not os.path.isdir(p["workdir"]):
@@ -334,17 +302,6 @@ def guard(p: dict[str, Any], manifest: dict[str, Any] | None = None) -> GuardOut
 # --------------------------------------------------------------------------- orchestration
 
 
-def locate(p: dict[str, Any], client: Any) -> tuple[str, dict[str, Any]]:
-    if not bucket_exists(client, p["bucket"], p):
-        raise OperatorError(f"bucket '{p['bucket']}' does not exist: there is no backup to restore")
-    return s3_call(
-        "read the backup manifest",
-        p,
-        p["bucket"],
-        lambda: locate_backup(client, p["bucket"], p["prefix"], p["source"], p["run_id"], p["key"]),
-    )
-
-
 def tools(p: dict[str, Any], manifest: dict[str, Any]) -> str:
     with connect(maintenance_params(p), autocommit=True) as conn:
         server_major = conn.info.server_version // 10000
@@ -368,37 +325,60 @@ def same_source_server(p: dict[str, Any], manifest: dict[str, Any]) -> None:
         )
 
 
-def already_restored(p: dict[str, Any], manifest: dict[str, Any], expected: list[str], result: dict[str, Any]) -> bool:
+def already_restored(run: Restore) -> bool:
+    p, manifest = run.params, run.manifest
     marker = current_marker(p, target_from_params(p).dbname)
-    result["diff"] = dict(before={"backup": (marker or {}).get("key")}, after={"backup": manifest["key"]})
+    run.result["diff"] = dict(before={"backup": (marker or {}).get("key")}, after={"backup": manifest["key"]})
     if p["force"] or not marker or marker.get("sha256") != manifest.get("sha256") or marker.get("key") != manifest["key"]:
         return False
-    check = parity(p, manifest, expected)
+    check = parity(p, manifest, expected_tables(p))
     if check["parity_ok"] and not check["manifest_missing_tables"]:
-        result.update(check)
+        run.result.update(check)
         return True
     return False
 
 
+@dataclass
+class Restore:
+    """One restore in progress: what its steps share - the module, its result and progress file, the backup (and its
+    S3 client), the pg_restore to use, the warnings gathered - so each step takes the one object."""
+
+    module: AnsibleModule
+    result: dict[str, Any]
+    pfile: ProgressFile
+    reader: BackupReader
+    started: float = field(default_factory=time.monotonic)
+    pg_restore: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.module.params
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.reader.manifest
+
+    def timed(self, step: str, since: float) -> None:
+        self.result["seconds"][step] = round(time.monotonic() - since, 3)
+
+
 def work(module: AnsibleModule, _conn: Any, result: dict[str, Any]) -> None:
     with progress_file(module.params.get("progress_file"), "restore", "bytes", module.check_mode) as pfile:
-        restore(module, result, pfile)
+        restore(Restore(module, result, pfile, BackupReader(module.params)))
 
 
-def restore(module: AnsibleModule, result: dict[str, Any], pfile: ProgressFile) -> None:
-    p = module.params
-    started = time.monotonic()
+def restore(run: Restore) -> None:
+    p, result = run.params, run.result
     result["target"] = str(target_from_params(p))  # the db dict is spread by now
     result["removed_leftovers"] = remove_stale(p["workdir"])
     outcome = guard(p)  # before anything else: never onto production unless the rollback confirmed it
     result["guard"] = outcome.as_dict()
     for warning in outcome.warnings:
-        module.warn(warning)
-    expected = list(LEGACY_TABLES if p["tables"] is None else p["tables"])
-    client = s3_client(p)
-    manifest_key, manifest = locate(p, client)
-    result.update(key=manifest["key"], manifest_key=manifest_key, run_id=manifest.get("run_id"), sha256=manifest.get("sha256"),
-                  legacy_checksums=manifest.get("legacy_checksums") or {})  # fmt: skip
+        run.module.warn(warning)
+    manifest = run.reader.find("restore")
+    result.update(key=manifest["key"], manifest_key=run.reader.manifest_key, run_id=manifest.get("run_id"),
+                  sha256=manifest.get("sha256"), legacy_checksums=manifest.get("legacy_checksums") or {})  # fmt: skip
     if p["mode"] == "stream" and manifest.get("format") == "directory":
         raise OperatorError(
             f"backup {manifest['key']} is a directory-format dump: pg_restore cannot read it from a stream. "
@@ -406,63 +386,45 @@ def restore(module: AnsibleModule, result: dict[str, Any], pfile: ProgressFile) 
         )
     if outcome.verdict is not None and outcome.verdict.is_production:
         same_source_server(p, manifest)
-    pg_restore = tools(p, manifest)
-    if already_restored(p, manifest, expected, result):
-        pfile.stage("restore", "steps", 0, 0, "the database already holds this backup")
-        result["seconds"]["total"] = round(time.monotonic() - started, 3)
+    run.pg_restore = tools(p, manifest)
+    if already_restored(run):
+        run.pfile.stage("restore", "steps", 0, 0, "the database already holds this backup")
+        run.timed("total", run.started)
         return
-    pfile.start(int(manifest.get("size") or 0) or None, 0, "downloading and proving the backup")
+    run.pfile.start(int(manifest.get("size") or 0) or None, 0, "downloading and proving the backup")
     beat_params = dict(production_params(p), application_name=application_name(p, "restore-heartbeat"))
-    run_id = None if module.check_mode else p.get("run_id")
+    run_id = None if run.module.check_mode else p.get("run_id")
     with (
         private_workdir("vdp-restore-", p["workdir"]) as workdir,
         HeartbeatThread(lambda: connect(beat_params, autocommit=True), run_id) as beat,
     ):
-        save_to = proven_copy(module, client, manifest_key, manifest, pg_restore, expected, workdir, result, pfile)
-        if module.check_mode:
+        save_to = proven_copy(run, workdir)
+        if run.module.check_mode:
             result["changed"] = True
-            result["seconds"]["total"] = round(time.monotonic() - started, 3)
+            run.timed("total", run.started)
             return
         beat.check()
         result["changed"] = True  # from here on the target database is being replaced
-        warnings: list[str] = []
         try:
-            apply_restore(module, client, pg_restore, manifest, result, save_to, warnings, beat, pfile)
+            apply_restore(run, save_to, beat)
         except (RestoreFailure, S3Failure, *PG_ERRORS) as exc:
             raise failure(target_from_params(p), exc, secrets_of(p)) from None
-    finish(module, manifest, expected, result, warnings, started, pfile)
+    finish(run)
 
 
-def proven_copy(
-    module: AnsibleModule,
-    client: Any,
-    manifest_key: str,
-    manifest: dict[str, Any],
-    pg_restore: str,
-    expected: list[str],
-    workdir: str,
-    result: dict[str, Any],
-    pfile: ProgressFile,
-) -> str | None:
+def proven_copy(run: Restore, workdir: str) -> str | None:
     """Read the backup back and prove it (every recorded SHA-256, the TOC, a full decode) - in file mode saving the
     very bytes proven - before anything is dropped. Returns the local copy (file mode) or None."""
-    p = module.params
+    p, manifest = run.params, run.manifest
     step = time.monotonic()
     save_to = None
-    if p["mode"] == "file" and not module.check_mode:
+    if p["mode"] == "file" and not run.module.check_mode:
         save_to = os.path.join(workdir, "dump" if manifest.get("format") == "directory" else "dump.pgdump")
         if manifest.get("format") == "directory":
             os.makedirs(save_to)
-    verdict: Verdict = s3_call(
-        "read the backup back",
-        p,
-        p["bucket"],
-        lambda: verify_backup(
-            client, p["bucket"], manifest_key, manifest, pg_restore, expected, workdir, save_to=save_to, on_read=pfile.update
-        ),
-    )
-    result["seconds"]["verify_download"] = round(time.monotonic() - step, 3)
-    result["verification"] = dict(decoded=verdict.decoded, problems=verdict.problems, toc_entries=verdict.toc_entries)
+    verdict = run.reader.prove(run.pg_restore, workdir, run.pfile.update, save_to)
+    run.timed("verify_download", step)
+    run.result["verification"] = dict(decoded=verdict.decoded, problems=verdict.problems, toc_entries=verdict.toc_entries)
     if not verdict.ok:
         raise OperatorError(
             f"refusing to restore s3://{p['bucket']}/{verdict.key}: it FAILED verification: "
@@ -470,34 +432,23 @@ def proven_copy(
             problems=verdict.problems,
         )
     roles = needed_roles(manifest, set(verdict.owners))
-    result["roles_created"] = missing_roles(p, roles) if p["create_roles"] else []
+    run.result["roles_created"] = missing_roles(p, roles) if p["create_roles"] else []
     return save_to
 
 
-def apply_restore(
-    module: AnsibleModule,
-    client: Any,
-    pg_restore: str,
-    manifest: dict[str, Any],
-    result: dict[str, Any],
-    save_to: str | None,
-    warnings: list[str],
-    beat: HeartbeatThread,
-    pfile: ProgressFile,
-) -> None:
+def apply_restore(run: Restore, save_to: str | None, beat: HeartbeatThread) -> None:
     """Drop and recreate the target, create the missing roles, run pg_restore (steps 1-3 of the progress file)."""
-    p = module.params
-    timings = result["seconds"]
+    p, manifest, pfile = run.params, run.manifest, run.pfile
     secrets = secrets_of(p)
     pfile.stage("restore", "steps", 4 + int(p["analyze"]), 0, "dropping and creating the database")
     step = time.monotonic()
-    recreate_database(p, target_from_params(p).dbname, manifest.get("database") or {}, warnings)
-    timings["drop_create"] = round(time.monotonic() - step, 3)
+    recreate_database(p, target_from_params(p).dbname, manifest.get("database") or {}, run.warnings)
+    run.timed("drop_create", step)
     pfile.update(1, note="creating the roles the dump needs")
     step = time.monotonic()
-    if result["roles_created"]:
-        create_roles(p, result["roles_created"])
-    timings["roles"] = round(time.monotonic() - step, 3)
+    if run.result["roles_created"]:
+        create_roles(p, run.result["roles_created"])
+    run.timed("roles", step)
     pfile.update(2, note=f"pg_restore ({p['jobs'] if p['mode'] == 'file' else 1} job(s))")
 
     def check() -> None:  # every second while pg_restore runs: a stop request, and the progress file's keepalive
@@ -506,43 +457,34 @@ def apply_restore(
 
     step = time.monotonic()
     if p["mode"] == "file":
-        run_restore_file(pg_restore, p, str(save_to), secrets, warnings, check=check)
+        run_restore_file(run.pg_restore, p, str(save_to), secrets, run.warnings, check=check)
     else:
         again = s3_call(
             "read the backup for the restore",
             p,
             p["bucket"],
-            lambda: run_restore_stream(client, pg_restore, p, manifest, secrets, warnings, check=check),
+            lambda: run_restore_stream(run.reader.client, run.pg_restore, p, manifest, secrets, run.warnings, check=check),
         )
         if again != manifest["sha256"]:
             raise RestoreFailure(
                 f"the object changed between verification and restore (SHA-256 {again} != {manifest['sha256']}): "
                 "the restored database is not trustworthy; restore again"
             )
-    timings["pg_restore"] = round(time.monotonic() - step, 3)
+    run.timed("pg_restore", step)
 
 
-def finish(
-    module: AnsibleModule,
-    manifest: dict[str, Any],
-    expected: list[str],
-    result: dict[str, Any],
-    warnings: list[str],
-    started: float,
-    pfile: ProgressFile,
-) -> None:
+def finish(run: Restore) -> None:
     """ANALYZE, row-count parity with the manifest, the marker; fail on any mismatch."""
-    p = module.params
-    timings = result["seconds"]
+    p, module = run.params, run.module
     if p["analyze"]:
-        pfile.update(3, note="ANALYZE")
-        timings["analyze"] = analyze(p)
-    pfile.update(3 + int(p["analyze"]), note="row counts against the manifest")
+        run.pfile.update(3, note="ANALYZE")
+        run.result["seconds"]["analyze"] = analyze(p)
+    run.pfile.update(3 + int(p["analyze"]), note="row counts against the manifest")
     step = time.monotonic()
-    check = parity(p, manifest, expected)
-    timings["parity"] = round(time.monotonic() - step, 3)
-    result.update(check, restored=True)
-    for warning in warnings:
+    check = parity(p, run.manifest, expected_tables(p))
+    run.timed("parity", step)
+    run.result.update(check, restored=True)
+    for warning in run.warnings:
         module.warn(warning)
     if check["manifest_missing_tables"]:
         module.warn(
@@ -550,8 +492,8 @@ def finish(
             + ", ".join(check["manifest_missing_tables"])
         )
     if check["parity_ok"]:
-        set_marker(p, target_from_params(p).dbname, manifest)
-    timings["total"] = round(time.monotonic() - started, 3)
+        set_marker(p, target_from_params(p).dbname, run.manifest)
+    run.timed("total", run.started)
     if not check["parity_ok"]:
         detail = ", ".join(
             f"{t} (manifest {check['parity'][t]['manifest']}, restored {check['parity'][t]['restored']})"

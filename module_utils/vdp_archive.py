@@ -16,13 +16,14 @@ import subprocess
 import tarfile
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
 from ansible.module_utils.vdp_dump import MANIFEST_NAME, META_SHA256, READ_CHUNK, TAG_SHA256, Layout
 from ansible.module_utils.vdp_errors import OperatorError
-from ansible.module_utils.vdp_s3 import S3_ERRORS, S3Failure, describe_s3_error, is_not_found, join_key
+from ansible.module_utils.vdp_legacy import LEGACY_TABLES
+from ansible.module_utils.vdp_s3 import bucket_exists, bucket_problem, is_not_found, join_key, s3_call, s3_client
 
 
 class BackupNotFound(OperatorError):
@@ -40,15 +41,6 @@ def read_json_object(client: Any, bucket: str, key: str) -> dict[str, Any]:
             "do not trust this backup; take a new one"
         )
     return json.loads(body.decode("utf-8"))
-
-
-def head_or_none(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
-    try:
-        return client.head_object(Bucket=bucket, Key=key)
-    except Exception as exc:
-        if is_not_found(exc):
-            return None
-        raise
 
 
 @dataclass
@@ -364,6 +356,15 @@ class Verdict:
     def ok(self) -> bool:
         return not self.problems
 
+    def facts(self) -> dict[str, Any]:
+        """What a module returns of the verification (vdp_backup_verify's RETURN): the fields of the same names, the
+        verdict, and as sha256 the hash of the bytes read back."""
+        kept = (f.name for f in fields(self) if f.name not in _NOT_RETURNED)
+        return dict({name: getattr(self, name) for name in kept}, verified=self.ok, sha256=self.sha256_computed)
+
+
+_NOT_RETURNED = ("manifest_key", "sha256_computed", "tables_in_toc", "owners")  # the module returns these its own way
+
 
 def recorded_hashes(verdict: Verdict, head: dict[str, Any], tags: dict[str, str], manifest: dict[str, Any]) -> None:
     """Every place the backup's SHA-256 was recorded: object metadata, object tag, manifest."""
@@ -433,9 +434,68 @@ def verify_backup(
     return judge(verdict, manifest, back, expected)
 
 
-def s3_call(action: str, params: dict[str, Any], bucket: str | None, call: Callable[[], Any]) -> Any:
-    """Run an S3 call; any failure becomes an S3Failure with one secret-free line."""
-    try:
-        return call()
-    except S3_ERRORS as exc:
-        raise S3Failure(describe_s3_error(exc, action, params, bucket)) from None
+# --------------------------------------------------------------------------- the readers' options and steps
+# vdp_backup_verify and vdp_restore pick a backup, find it and prove it the same way; doc fragment
+# vdp_backup_source documents the options.
+
+
+def backup_source_spec() -> dict[str, Any]:
+    """Which backup to read: source (run, latest, key) with run_id or key, and the tables its archive must hold."""
+    return dict(
+        source=dict(type="str", choices=["run", "latest", "key"], default="run"),
+        run_id=dict(type="str"),
+        key=dict(type="str", no_log=False),
+        tables=dict(type="list", elements="str"),
+    )
+
+
+def backup_source_problem(params: dict[str, Any], purpose: str) -> str | None:
+    """The first input problem of a backup reader (no bucket, source without its run_id or key), or None."""
+    if problem := bucket_problem(params):
+        return problem
+    if params["source"] == "run" and not params["run_id"]:
+        return f"source=run needs run_id (the run whose backup to {purpose})"
+    if params["source"] == "key" and not params["key"]:
+        return "source=key needs key (the dump's object key, or its manifest.json)"
+    return None
+
+
+def expected_tables(params: dict[str, Any]) -> list[str]:
+    """The tables the archive must hold: the option, or the legacy tables the migration rewrites."""
+    return list(LEGACY_TABLES if params["tables"] is None else params["tables"])
+
+
+class BackupReader:
+    """The S3 side of a backup reader: its client and options, and - once find() has run - the backup they pick."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+        self.client: Any = None  # built by find(), so a bad S3 setting fails there, not where the reader is made
+        self.manifest_key = ""
+        self.manifest: dict[str, Any] = {}
+
+    def find(self, purpose: str) -> dict[str, Any]:
+        """The manifest of the backup the options pick; a missing bucket is a refusal naming `purpose`."""
+        p, bucket = self.params, self.params["bucket"]
+        self.client = s3_client(p)
+        if not bucket_exists(self.client, bucket, p):
+            raise OperatorError(f"bucket '{bucket}' does not exist: there is no backup to {purpose}")
+        self.manifest_key, self.manifest = s3_call(
+            "read the backup manifest",
+            p,
+            bucket,
+            lambda: locate_backup(self.client, bucket, p["prefix"], p["source"], p["run_id"], p["key"]),
+        )
+        return self.manifest
+
+    def prove(self, pg_restore: str, workdir: str, on_read: Callable[[int], None], save_to: str | None = None) -> Verdict:
+        """verify_backup of the backup found, against the tables the options expect; S3 failures in one line."""
+        bucket, expected = self.params["bucket"], expected_tables(self.params)
+        return s3_call(
+            "read the backup back",
+            self.params,
+            bucket,
+            lambda: verify_backup(
+                self.client, bucket, self.manifest_key, self.manifest, pg_restore, expected, workdir, save_to, on_read
+            ),
+        )

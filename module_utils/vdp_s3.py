@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ansible.module_utils.vdp_errors import OperatorError, redact
@@ -42,9 +43,30 @@ _AUTH_CODES = {
 }
 
 
+# The inventory's vdp_s3 dict: a role passes it whole as `s3` and the module spreads it onto its flat
+# options here, once (the keys are the flat options' names).
+S3_DICT_OPTIONS: dict[str, Any] = dict(
+    bucket=dict(type="str", required=True),
+    endpoint_url=dict(type="str"),
+    region=dict(type="str"),
+    prefix=dict(type="str", default=""),
+    access_key=dict(type="str", no_log=True),
+    secret_key=dict(type="str", no_log=True),
+    session_token=dict(type="str", no_log=True),
+    sse=dict(type="str", default="AES256", choices=["AES256", "aws:kms", "none"]),
+    kms_key_id=dict(type="str", no_log=False),
+    create_bucket=dict(type="bool", default=False),
+)
+
+
 def s3_argument_spec() -> dict[str, Any]:
-    """S3 connection options, named as amazon.aws names them, with AWS_* environment fallback."""
+    """The options doc fragment vdp_s3 documents: the inventory's vdp_s3 dict (`s3`, spread onto the flat options of
+    the same names by vdp_lifecycle.run_module), the bucket, the key prefix, and the connection options named as
+    amazon.aws names them, with AWS_* environment fallback."""
     return dict(
+        s3=dict(type="dict", options=S3_DICT_OPTIONS),
+        bucket=dict(type="str"),
+        prefix=dict(type="str", default=""),
         endpoint_url=dict(
             type="str", aliases=["aws_endpoint_url", "s3_url"], fallback=(_env, ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"])
         ),
@@ -67,20 +89,9 @@ def s3_argument_spec() -> dict[str, Any]:
     )
 
 
-# The inventory's vdp_s3 dict: a role passes it whole as `s3` and the module spreads it onto its flat
-# options here, once (the keys are the flat options' names).
-S3_DICT_OPTIONS: dict[str, Any] = dict(
-    bucket=dict(type="str", required=True),
-    endpoint_url=dict(type="str"),
-    region=dict(type="str"),
-    prefix=dict(type="str", default=""),
-    access_key=dict(type="str", no_log=True),
-    secret_key=dict(type="str", no_log=True),
-    session_token=dict(type="str", no_log=True),
-    sse=dict(type="str", default="AES256", choices=["AES256", "aws:kms", "none"]),
-    kms_key_id=dict(type="str", no_log=False),
-    create_bucket=dict(type="bool", default=False),
-)
+def bucket_problem(params: dict[str, Any], what: str = "the bucket of the backups") -> str | None:
+    """The input problem of a module that needs a bucket and was given none (neither bucket nor vdp_s3.bucket)."""
+    return None if params.get("bucket") else f"no bucket: set vdp_s3.bucket ({what})"
 
 
 def apply_s3(params: dict[str, Any]) -> dict[str, Any]:
@@ -174,6 +185,24 @@ def describe_s3_error(exc: BaseException, action: str, params: dict[str, Any], b
     detail = redact(str(exc), *s3_secrets(params)).strip().splitlines()
     text = detail[0] if detail else type(exc).__name__
     return f"cannot {action} on {target} ({where}): {text} -- {hint}"
+
+
+def s3_call(action: str, params: dict[str, Any], bucket: str | None, call: Callable[[], Any]) -> Any:
+    """Run an S3 call; any failure becomes an S3Failure with one secret-free line."""
+    try:
+        return call()
+    except S3_ERRORS as exc:
+        raise S3Failure(describe_s3_error(exc, action, params, bucket)) from None
+
+
+def head_or_none(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """The object's head, or None when it does not exist (any other failure is raised)."""
+    try:
+        return client.head_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        if is_not_found(exc):
+            return None
+        raise
 
 
 def bucket_exists(client: Any, bucket: str, params: dict[str, Any]) -> bool:
