@@ -70,14 +70,7 @@ def test_small_fixtures_still_hold_every_messy_case() -> None:
 def test_proportions_are_realistic_and_scale_with_users() -> None:
     small = asdict(plan(2000)[1])
     large = asdict(plan(20000)[1])
-    for name in (
-        "sponsors_all_inactive",
-        "duplicate_active_pairs",
-        "self_relationships",
-        "orphan_relationships",
-        "sponsors_also_practitioners",
-        "users_without_relationships",
-    ):
+    for name in gl.MESSY_RELATIONSHIP_CASES:
         share = large[name] / 20000
         assert 0.0005 < share < 0.10, f"{name}: {large[name]} of 20000 users is not 'a few %'"
         assert 5 < large[name] / max(small[name], 1) < 20, f"{name} does not scale with N: {small[name]} -> {large[name]}"
