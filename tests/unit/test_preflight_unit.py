@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from tests.support.ansible_doc import ansible_doc
 from tests.support.code import ROOT, library, module_utils
 
 _checks = module_utils("vdp_readiness")
@@ -87,14 +87,7 @@ def test_unknown_s3_option_is_refused() -> None:
 
 
 def test_documentation_renders() -> None:
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-doc"), "-M", str(ROOT / "library"), "vdp_preflight"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-        timeout=120,
-    )
+    proc = ansible_doc("vdp_preflight")
     assert proc.returncode == 0, proc.stderr
     assert "capacity_policy" in proc.stdout and "warning_messages" in proc.stdout
     assert "WARNING" not in proc.stderr

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.ansible_doc import ansible_doc
 from tests.support.code import library, module_utils
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -263,14 +264,7 @@ def test_legacy_split_name_and_tables() -> None:
 def test_module_documentation_renders_and_matches_the_argument_spec(name: str) -> None:
     import yaml
 
-    proc = subprocess.run(
-        [str(ROOT / ".venv/bin/ansible-doc"), "-M", str(ROOT / "library"), "--json", name],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        timeout=120,
-    )
+    proc = ansible_doc("--json", name)
     assert proc.returncode == 0, proc.stderr
     import json
 
