@@ -23,6 +23,7 @@ from tests.support.engine import (
     MIGRATIONS,
     ROOT,
     SCHEMA_V,
+    SYNC_V,
     apply_schema,
     clone,
     connect,
@@ -32,6 +33,7 @@ from tests.support.engine import (
     full_migration,
     login,
     migrated_state,
+    rows,
     scalar,
     wait_until,
 )
@@ -259,13 +261,15 @@ def test_lock_timeout_on_ddl_is_retried_then_reported(db: Any, run_module: Any) 
         result = apply_schema(run_module, info, lock_timeout="200ms", lock_retries=1, lock_retry_backoff=0.1)
         assert result.failed and time.monotonic() - started < 10
         assert "timed out waiting for a lock" in result["msg"]
-        assert scalar(info, "SELECT to_regclass('public.organizations')") is None  # nothing applied
+        assert scalar(info, "SELECT to_regclass('public.organizations')") is None  # the schema file: nothing of it
+        # The sync (before the baseline, on sponsor_practitioner_relationships: not blocked) is in; the schema is not.
+        assert rows(info, "SELECT version FROM vdp_runbook.schema_migrations ORDER BY 1") == [(SYNC_V,)]
         # Release the blocker while the module retries: it succeeds on a later attempt. Released only once an
         # attempt has been seen waiting and has timed out (a fixed timer raced the module's start on a loaded machine).
         threading.Thread(target=_release_after_a_timed_out_wait, args=(info, blocker, 0.6), daemon=True).start()
         result = apply_schema(run_module, info, lock_timeout="300ms", lock_retries=5, lock_retry_backoff=0.2)
         assert not result.failed, result.get("msg")
-        assert result["applied"][0]["attempts"] > 1
+        assert [a["version"] for a in result["applied"]] == [SCHEMA_V] and result["applied"][0]["attempts"] > 1
     finally:
         blocker.close()
 
@@ -402,6 +406,18 @@ def test_ledger_records_checksum_duration_and_who(db: Any, run_module: Any) -> N
     idx = scalar(info, "SELECT row_to_json(m) FROM vdp_runbook.schema_migrations m WHERE version = %s", (INDEXES_V,))
     assert idx["transactional"] is False and idx["kind"] == "indexes"
     assert scalar(info, "SELECT count(*) FROM vdp_runbook.schema_migrations WHERE version = %s", (DATA_V,)) == 1
+    # Exactly the schema phase's two files (the online sync first: before the baseline), the data step, the indexes.
+    applied = rows(info, "SELECT version FROM vdp_runbook.schema_migrations ORDER BY applied_at, version")
+    assert [r[0] for r in applied] == [SYNC_V, SCHEMA_V, DATA_V, INDEXES_V]
+    assert (
+        scalar(
+            info,
+            "SELECT m.applied_at <= min(b.captured_at) FROM vdp_runbook.schema_migrations m, vdp_runbook.baseline b "
+            "WHERE m.version = %s GROUP BY m.applied_at",
+            (SYNC_V,),
+        )
+        is True
+    )
     assert scalar(info, "SELECT convalidated FROM pg_constraint WHERE conname = 'profiles_organization_id_fkey'") is True
     assert results["schema"]["baseline_captured"] is True
 
@@ -432,7 +448,7 @@ def test_revert_restores_the_legacy_schema_and_keeps_a_copy(db: Any, run_module:
     assignments = scalar(info, "SELECT count(*) FROM public.practitioner_assignments")
     result = run_module("vdp_schema_migrations", dict(login(info), state="reverted", path=str(MIGRATIONS)))
     assert not result.failed, result.get("msg")
-    assert result["reverted"] == [INDEXES_V, DATA_V, SCHEMA_V]  # newest first
+    assert result["reverted"] == [INDEXES_V, DATA_V, SCHEMA_V, SYNC_V]  # newest first (the sync was applied first)
     after = fingerprint(info)
     # The migration's own flags stay (disabled: the flag rollback's state); every legacy row is as before.
     legacy = {k: v for k, v in original.items() if not k.startswith("__") and k != "public.feature_flags"}
