@@ -14,70 +14,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import boto3
-import psycopg
 import pytest
-from botocore.config import Config
 
-from tests.support.code import module_utils
+from tests.support.backups import (
+    LEGACY,
+    backup,
+    exact_counts,
+    flip_byte,
+    keys_under,
+    legacy_clone,
+    login,
+    no_secret,
+    s3_args,
+    s3_of,
+    verify,
+)
 from tests.support.sandbox import Sandbox
 
-LEGACY = list(module_utils("vdp_legacy").LEGACY_TABLES)  # the tables the backup's manifest counts
+_flip_byte = flip_byte  # test_rehearsal.py still imports it from here
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def s3_of(box: Sandbox) -> Any:
-    s3 = box.s3
-    return boto3.client(
-        "s3",
-        endpoint_url=s3["endpoint_url"],
-        region_name=s3["region"],
-        aws_access_key_id=s3["access_key"],
-        aws_secret_access_key=s3["secret_key"],
-        config=Config(s3={"addressing_style": "path"}),
-    )
-
-
-def s3_args(box: Sandbox, prefix: str) -> dict[str, Any]:
-    s3 = box.s3
-    return dict(
-        endpoint_url=s3["endpoint_url"],
-        region=s3["region"],
-        access_key=s3["access_key"],
-        secret_key=s3["secret_key"],
-        bucket=s3["bucket"],
-        prefix=prefix,
-    )
-
-
-def login(conn: dict[str, Any]) -> dict[str, Any]:
-    return dict(
-        login_host=conn["host"],
-        login_port=conn["port"],
-        login_user=conn["user"],
-        login_password=conn["password"],
-        login_db=conn["dbname"],
-    )
-
-
-def keys_under(client: Any, bucket: str, prefix: str) -> list[str]:
-    out: list[str] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        out += [o["Key"] for o in page.get("Contents", [])]
-    return out
-
-
-def no_secret(result: Any, box: Sandbox) -> None:
-    text = json.dumps(result, default=str)
-    for secret in (box.password, box.s3_secret_key, box.s3_access_key):
-        assert secret not in text
-
-
-def exact_counts(conn: dict[str, Any]) -> dict[str, int]:
-    with psycopg.connect(**conn) as c:
-        return {t: c.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in LEGACY}
+# --------------------------------------------------------------------------- fixtures and helpers
 
 
 @pytest.fixture
@@ -85,26 +42,7 @@ def prefix() -> str:
     return f"test-backup/{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(scope="module")
-def prod(sandbox: Sandbox, legacy_template: Callable[..., str]) -> dict[str, Any]:
-    """One legacy database for the module's read-only backups (2000 users)."""
-    name = f"bk_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(**sandbox.pg("production", "postgres"), autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{legacy_template()}"')
-    yield sandbox.pg("production", name)
-    with psycopg.connect(**sandbox.pg("production", "postgres"), autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def backup(run_module: Any, box: Sandbox, conn: dict[str, Any], prefix: str, run_id: str, **extra: Any) -> Any:
-    args = dict(login(conn), **s3_args(box, prefix), run_id=run_id, pg_bindir="/usr/lib/postgresql/15/bin")
-    check = extra.pop("_check", False)
-    args.update(extra)
-    return run_module("vdp_backup", args, check=check, diff=True)
-
-
-def verify(run_module: Any, box: Sandbox, prefix: str, **extra: Any) -> Any:
-    return run_module("vdp_backup_verify", dict(s3_args(box, prefix), **extra))
+prod = legacy_clone("prod", "bk")  # one legacy database for the module's read-only backups
 
 
 def fake_pg_dump(folder: Path, version: str, body: str) -> str:
@@ -257,24 +195,13 @@ def test_retention_keeps_newest_and_current_run_and_check_mode_deletes_nothing(
 # --------------------------------------------------------------------------- verification faults
 
 
-def _flip_byte(client: Any, bucket: str, key: str, truncate: bool = False) -> None:
-    """Rewrite the object in place with one byte flipped (or cut short), keeping its metadata: silent corruption."""
-    head = client.head_object(Bucket=bucket, Key=key)
-    body = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-    if truncate:
-        body = body[: len(body) // 2]
-    else:
-        body[len(body) // 2] ^= 0xFF
-    client.put_object(Bucket=bucket, Key=key, Body=bytes(body), Metadata=head["Metadata"])
-
-
 @pytest.mark.parametrize("truncate", [False, True], ids=["bytes-flipped", "truncated"])
 def test_corrupted_object_fails_verification(
     run_module: Any, sandbox: Sandbox, prod: dict[str, Any], prefix: str, truncate: bool
 ) -> None:
     result = backup(run_module, sandbox, prod, prefix, "c-1")
     assert not result.failed
-    _flip_byte(s3_of(sandbox), sandbox.bucket, result["key"], truncate)
+    flip_byte(s3_of(sandbox), sandbox.bucket, result["key"], truncate)
     bad = verify(run_module, sandbox, prefix, run_id="c-1")
     assert bad.failed and not bad["verified"] and "FAILED verification" in bad["msg"]
     assert any("differs from the object metadata" in p for p in bad["problems"])

@@ -22,48 +22,37 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.integration.test_backup import backup, login, no_secret, s3_args, s3_of, verify
+from tests.support.backups import (
+    PG_BINDIR,
+    backup,
+    legacy_clone,
+    login,
+    no_secret,
+    restore_args,
+    s3_args,
+    s3_of,
+    staging_with_sentinel,
+    verify,
+)
 from tests.support.modrun import _BOOTSTRAP, ROOT
 from tests.support.sandbox import Sandbox
 from tests.support.world import play, record
 
-PG_BINDIR = "/usr/lib/postgresql/15/bin"
 PG_RESTORE = f"{PG_BINDIR}/pg_restore"
 
 
 # --------------------------------------------------------------------------- fixtures and helpers
 
 
-@pytest.fixture(scope="module")
-def source(sandbox: Sandbox, legacy_template: Callable[..., str]) -> Iterator[dict[str, Any]]:
-    """A legacy clone playing production (2000 users), backed up by each test under its own prefix."""
-    name = f"ba_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(**sandbox.pg("production", "postgres"), autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{legacy_template()}"')
-    yield sandbox.pg("production", name)
-    with psycopg.connect(**sandbox.pg("production", "postgres"), autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-def staging(sandbox: Sandbox) -> Iterator[dict[str, Any]]:
-    """A staging database holding a sentinel table: a restore that got as far as the drop would remove it."""
-    name = f"stg_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(**sandbox.pg("staging", "postgres"), autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    conn = sandbox.pg("staging", name)
-    with psycopg.connect(**conn, autocommit=True) as c:
-        c.execute("CREATE TABLE sentinel (x int)")
-    yield conn
-    with psycopg.connect(**sandbox.pg("staging", "postgres"), autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+source = legacy_clone("source", "ba")  # production's stand-in, backed up by each test under its own prefix
+staging = staging_with_sentinel()
 
 
 @pytest.fixture
@@ -76,18 +65,6 @@ def untouched(conn: dict[str, Any]) -> tuple[int, bool]:
     with psycopg.connect(**conn) as c:
         oid = c.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()[0]
         return int(oid), bool(c.execute("SELECT to_regclass('public.sentinel') IS NOT NULL").fetchone()[0])
-
-
-def restore_args(box: Sandbox, target: dict[str, Any], prefix: str, **extra: Any) -> dict[str, Any]:
-    prod = box.pg("production", "virtue")
-    args = dict(
-        login(target),
-        **s3_args(box, prefix),
-        production={k: prod[k] for k in ("host", "port", "dbname", "user", "password")},
-        pg_bindir=PG_BINDIR,
-    )
-    args.update(extra)
-    return args
 
 
 def restore(run_module: Any, box: Sandbox, target: dict[str, Any], prefix: str, **extra: Any) -> Any:

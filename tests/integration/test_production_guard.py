@@ -29,11 +29,23 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.test_backup import LEGACY, backup, keys_under, login, no_secret, s3_args, s3_of
+from tests.support.backups import (
+    LEGACY,
+    PG_BINDIR,
+    backed_up_once,
+    backup,
+    has_sentinel,
+    keys_under,
+    legacy_clone,
+    login,
+    no_secret,
+    pg_server,
+    restore_args,
+    s3_of,
+)
 from tests.support.sandbox import Sandbox
 from tests.support.world import play, record
 
-PG_BINDIR = "/usr/lib/postgresql/15/bin"
 PHRASE = "I understand this overwrites production"
 REFUSED = "it is the PRODUCTION database"
 DISGUISES = ["tcp-forwarder", "zero-address", "ipv4-mapped-ipv6", "localhost", "unix-socket"]
@@ -116,27 +128,17 @@ def ipv4_mapped_reaches(port: int) -> bool:
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def production(sandbox: Sandbox, legacy_template: Callable[..., str]) -> Iterator[dict[str, Any]]:
-    """A legacy clone playing production for the module tests (the sandbox's own 'virtue' is never touched)."""
-    name = f"pg_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(**sandbox.pg("production", "postgres"), autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{legacy_template()}"')
-    yield sandbox.pg("production", name)
-    with psycopg.connect(**sandbox.pg("production", "postgres"), autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+production = legacy_clone("production", "pg")  # for the module tests: the sandbox's own 'virtue' is never touched
 
 
 @pytest.fixture(scope="module")
 def backed_up(run_module: Any, sandbox: Sandbox, production: dict[str, Any]) -> dict[str, Any]:
     """A verified backup of production, then a sentinel table created AFTER it: restoring the backup onto
     production would make the sentinel disappear (and change the database's OID)."""
-    prefix = f"test-guard/{uuid.uuid4().hex[:10]}"
-    result = backup(run_module, sandbox, production, prefix, "guard-1")
-    assert not result.failed, result.get("msg")
+    done = backed_up_once(run_module, sandbox, production, "test-guard", "guard-1")
     with psycopg.connect(**production, autocommit=True) as c:
         c.execute("CREATE TABLE public.guard_sentinel (x int)")
-    return dict(prefix=prefix, run_id="guard-1", key=result["key"])
+    return done
 
 
 @pytest.fixture(params=DISGUISES)
@@ -184,20 +186,14 @@ def fingerprint(conn: dict[str, Any]) -> dict[str, Any]:
     return dict(oid=oid, rows=rows, tables=tables)
 
 
-def prod_dict(conn: dict[str, Any]) -> dict[str, Any]:
-    return {k: conn[k] for k in ("host", "port", "dbname", "user", "password")}
-
-
 def restore(run_module: Any, box: Sandbox, target: dict[str, Any], production: dict[str, Any], prefix: str, **extra: Any) -> Any:
-    args = dict(login(target), **s3_args(box, prefix), production=prod_dict(production), pg_bindir=PG_BINDIR)
-    args.update(extra)
-    result = run_module("vdp_restore", args, diff=True)
+    result = run_module("vdp_restore", restore_args(box, target, prefix, production, **extra), diff=True)
     no_secret(result, box)
     return result
 
 
 def preflight(run_module: Any, box: Sandbox, production: dict[str, Any], staging: dict[str, Any]) -> Any:
-    args = dict(login(production), staging=prod_dict(staging), pg_bindir=PG_BINDIR)
+    args = dict(login(production), staging=pg_server(staging), pg_bindir=PG_BINDIR)
     result = run_module("vdp_preflight", args)
     no_secret(result, box)
     return result
@@ -205,11 +201,6 @@ def preflight(run_module: Any, box: Sandbox, production: dict[str, Any], staging
 
 def checks(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in result["checks"]}
-
-
-def has_sentinel(conn: dict[str, Any], table: str = "sentinel") -> bool:
-    with psycopg.connect(**conn) as c:
-        return bool(c.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{table}",)).fetchone()[0])
 
 
 # --------------------------------------------------------------------------- item 1: vdp_restore and vdp_preflight

@@ -4,68 +4,44 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.integration.test_backup import LEGACY, _flip_byte, backup, exact_counts, login, no_secret, s3_args, s3_of
+from tests.support.backups import (
+    LEGACY,
+    backed_up_once,
+    backup,
+    exact_counts,
+    flip_byte,
+    has_sentinel,
+    legacy_clone,
+    no_secret,
+    restore_args,
+    s3_of,
+    staging_with_sentinel,
+)
 from tests.support.sandbox import Sandbox
 
 PHRASE = "I understand this overwrites production"
 
 
-@pytest.fixture(scope="module")
-def source(sandbox: Sandbox, legacy_template: Callable[..., str]) -> Iterator[dict[str, Any]]:
-    name = f"rs_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(**sandbox.pg("production", "postgres"), autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{legacy_template()}"')
-    yield sandbox.pg("production", name)
-    with psycopg.connect(**sandbox.pg("production", "postgres"), autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+source = legacy_clone("source", "rs")
+staging = staging_with_sentinel()
 
 
 @pytest.fixture(scope="module")
 def backed_up(run_module: Any, sandbox: Sandbox, source: dict[str, Any]) -> dict[str, Any]:
     """One verified backup of the legacy database, shared by the module's restores."""
-    prefix = f"test-restore/{uuid.uuid4().hex[:10]}"
-    result = backup(run_module, sandbox, source, prefix, "rs-1")
-    assert not result.failed, result.get("msg")
-    return dict(prefix=prefix, run_id="rs-1", key=result["key"], manifest=result["manifest"])
-
-
-@pytest.fixture
-def staging(sandbox: Sandbox) -> Iterator[dict[str, Any]]:
-    """A staging database name (holding a sentinel table) on the staging cluster; dropped afterwards."""
-    name = f"stg_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(**sandbox.pg("staging", "postgres"), autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    conn = sandbox.pg("staging", name)
-    with psycopg.connect(**conn, autocommit=True) as c:
-        c.execute("CREATE TABLE sentinel (x int)")
-    yield conn
-    with psycopg.connect(**sandbox.pg("staging", "postgres"), autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def has_sentinel(conn: dict[str, Any]) -> bool:
-    with psycopg.connect(**conn) as c:
-        return c.execute("SELECT to_regclass('public.sentinel') IS NOT NULL").fetchone()[0]
+    return backed_up_once(run_module, sandbox, source, "test-restore", "rs-1")
 
 
 def restore(run_module: Any, box: Sandbox, target: dict[str, Any], prefix: str, check: bool = False, **extra: Any) -> Any:
-    prod = box.pg("production", "virtue")
-    args = dict(
-        login(target),
-        **s3_args(box, prefix),
-        production={k: prod[k] for k in ("host", "port", "dbname", "user", "password")},
-        pg_bindir="/usr/lib/postgresql/15/bin",
-    )
     if "allow_production" in extra:
         extra["production_confirmation"] = extra.pop("allow_production")
-    args.update(extra)
-    return run_module("vdp_restore", args, check=check, diff=True)
+    return run_module("vdp_restore", restore_args(box, target, prefix, **extra), check=check, diff=True)
 
 
 def test_restore_to_staging_creates_roles_has_parity_and_is_idempotent(
@@ -168,7 +144,7 @@ def test_corrupted_backup_is_never_restored(
     prefix = f"test-restore/{uuid.uuid4().hex[:10]}"
     result = backup(run_module, sandbox, source, prefix, "bad-1")
     assert not result.failed
-    _flip_byte(s3_of(sandbox), sandbox.bucket, result["key"])
+    flip_byte(s3_of(sandbox), sandbox.bucket, result["key"])
     for mode in ("file", "stream"):
         refused = restore(run_module, sandbox, staging, prefix, run_id="bad-1", mode=mode)
         assert refused.failed and "FAILED verification" in refused["msg"] and "nothing was changed" in refused["msg"]
