@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.databases import scratch_database
 from tests.support.engine import full_migration, rows
 
 # Everything the runbook creates: the organizational model's tables and the runbook's own schemas.
@@ -20,31 +21,11 @@ OURS = f"({NEW_TABLES} OR {NEW_SCHEMAS})"
 
 
 @pytest.fixture(scope="module")
-def migrated(legacy_db: Any, run_module: Callable[..., Any]) -> Iterator[dict[str, Any]]:
-    info = legacy_db("supabase")
-    full_migration(run_module, info)
-    yield info
-
-
-@pytest.fixture(scope="module")
-def legacy_db(sandbox: Any, legacy_template: Any) -> Iterator[Callable[..., dict[str, Any]]]:
-    """A module-scoped clone (the checks only read)."""
-    import psycopg
-
-    made: list[str] = []
-
-    def make(shape: str) -> dict[str, Any]:
-        name = f"lint_{shape}"
-        with psycopg.connect(**sandbox.pg("production", "postgres"), autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{legacy_template(shape)}"')
-        made.append(name)
-        return sandbox.pg("production", name)
-
-    yield make
-    with psycopg.connect(**sandbox.pg("production", "postgres"), autocommit=True) as c:
-        for name in made:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def migrated(sandbox: Any, legacy_template: Any, run_module: Callable[..., Any]) -> Iterator[dict[str, Any]]:
+    """A migrated clone of the Supabase-shaped legacy fixture, shared by the module (the checks only read)."""
+    with scratch_database(sandbox, "production", "lint", template=legacy_template("supabase")) as info:
+        full_migration(run_module, info)
+        yield info
 
 
 def test_policies_call_auth_functions_once_per_query(migrated: dict[str, Any]) -> None:

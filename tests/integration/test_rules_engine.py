@@ -8,20 +8,20 @@ Expectations are computed independently from the legacy tables, not from the eng
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
 import pytest
 
+from tests.support.databases import scratch_database
 from tests.support.engine import (
     DATA_V,
     INDEXES_V,
     SCHEMA_V,
     apply_schema,
-    clone,
     connect,
     data_step,
-    drop,
     fingerprint,
     full_migration,
     login,
@@ -67,11 +67,10 @@ class Migrated:
 @pytest.fixture(scope="module", params=["supabase", "seed"])
 def migrated(request: pytest.FixtureRequest, sandbox: Any, legacy_template: Any, run_module: Any) -> Any:
     shape = request.param
-    info = clone(sandbox, legacy_template(shape, USERS))
-    before = legacy_snapshot(info, shape)
-    results = full_migration(run_module, info)
-    yield Migrated(shape, info, before, results)
-    drop(sandbox, info)
+    with scratch_database(sandbox, "production", "re", template=legacy_template(shape, USERS)) as info:
+        before = legacy_snapshot(info, shape)
+        results = full_migration(run_module, info)
+        yield Migrated(shape, info, before, results)
 
 
 def expected_roles(info: dict[str, Any]) -> dict[str, list[str]]:
@@ -226,8 +225,7 @@ def test_both_trigger_suppressions_give_the_same_result(
     # row lock and later VALIDATE). A role that may not set it gets ALTER TABLE ... DISABLE TRIGGER per batch:
     # the same profiles and assignments, updated_at included, and the trigger back in its mode.
     assert migrated.results["membership"]["trigger_suppression"] == "session_replication_role"
-    info = clone(sandbox, legacy_template(migrated.shape, USERS))
-    try:
+    with scratch_database(sandbox, "production", "re", template=legacy_template(migrated.shape, USERS)) as info:
         assert not apply_schema(run_module, info).failed
         results = data_step(run_module, info, trigger_suppression="alter_table")
         assert results["membership"]["trigger_suppression"] == "alter_table"
@@ -236,8 +234,6 @@ def test_both_trigger_suppressions_give_the_same_result(
         assert legacy_snapshot(info, migrated.shape) == migrated.before
         assert scalar(info, "SELECT tgenabled FROM pg_trigger WHERE tgname = 'profiles_set_updated_at'") == "O"
         assert not apply_schema(run_module, info, [INDEXES_V]).failed  # VALIDATE of the organization FK passes
-    finally:
-        drop(sandbox, info)
 
 
 @pytest.mark.parametrize("table", ["public.organizations", "public.practitioner_assignments"])
@@ -342,8 +338,7 @@ def test_seed_metrics_and_all_invariants_pass(migrated: Migrated, run_module: An
 
 def test_validation_detects_a_broken_invariant(migrated: Migrated, run_module: Any, sandbox: Any) -> None:
     # On a copy: change one legacy value and one role; the facts must name both.
-    copy = clone_of(sandbox, migrated.info)
-    try:
+    with clone_of(sandbox, migrated.info) as copy:
         with connect(copy) as conn:
             conn.execute("ALTER TABLE public.profiles DISABLE TRIGGER profiles_set_updated_at")
             conn.execute(
@@ -354,23 +349,21 @@ def test_validation_detects_a_broken_invariant(migrated: Migrated, run_module: A
         facts = run_module("vdp_migration_facts", dict(login(copy), phase="post"))
         failed = {c["name"] for c in facts["failed_checks"]}
         assert {"roles_rule", "legacy_unchanged:public.profiles"} <= failed
-    finally:
-        drop(sandbox, copy)
 
 
-def clone_of(sandbox: Any, info: dict[str, Any]) -> dict[str, Any]:
+def clone_of(sandbox: Any, info: dict[str, Any]) -> AbstractContextManager[dict[str, Any]]:
+    """A scratch copy of `info`'s database (its sessions ended first: a template must have none)."""
     with psycopg.connect(**sandbox.pg("production", "postgres"), autocommit=True) as admin:
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             (info["dbname"],),
         )
-    return clone(sandbox, info["dbname"])
+    return scratch_database(sandbox, "production", "re", template=info["dbname"])
 
 
 @pytest.mark.parametrize("policy", ["fail", "report"])
 def test_capacity_policies_fail_and_report(policy: str, sandbox: Any, legacy_template: Any, run_module: Any) -> None:
-    info = clone(sandbox, legacy_template("supabase", USERS))
-    try:
+    with scratch_database(sandbox, "production", "re", template=legacy_template("supabase", USERS)) as info:
         assert not apply_schema(run_module, info).failed
         before = fingerprint(info)
         if policy == "fail":
@@ -390,15 +383,12 @@ def test_capacity_policies_fail_and_report(policy: str, sandbox: Any, legacy_tem
             facts = run_module("vdp_migration_facts", dict(login(info), capacity_policy="report"))
             assert "default_organization_capacity" in {c["name"] for c in facts["warnings_checks"]}
             assert "default_organization_capacity" not in {c["name"] for c in facts["failed_checks"]}
-    finally:
-        drop(sandbox, info)
 
 
 def test_roles_rule_on_handcrafted_cases(sandbox: Any, legacy_template: Any, run_module: Any) -> None:
     """Named people, so a reader sees the rule: A sponsors B (active), C sponsors A (active),
     D sponsored E once (inactive), F only sponsors herself, G sponsors a deleted user."""
-    info = clone(sandbox, legacy_template("supabase", 0))
-    try:
+    with scratch_database(sandbox, "production", "re", template=legacy_template("supabase", 0)) as info:
         people = {}
         with connect(info) as conn:
             for name in "ABCDEFG":
@@ -431,8 +421,6 @@ def test_roles_rule_on_handcrafted_cases(sandbox: Any, legacy_template: Any, run
         }
         pairs_made = rows(info, "SELECT supervisor_id, practitioner_id FROM public.practitioner_assignments")
         assert sorted(pairs_made) == sorted([(people["A"], people["B"]), (people["C"], people["A"])])
-    finally:
-        drop(sandbox, info)
 
 
 def test_data_step_records_ledger_and_reports_by_shape(migrated: Migrated) -> None:
