@@ -44,6 +44,13 @@ def module_args(box: Sandbox, db: dict[str, Any], **extra: Any) -> dict[str, Any
     return args
 
 
+def preflight_with_staging(run_module: Callable[..., Any], box: Sandbox, db: dict[str, Any], **staging: Any) -> Any:
+    """vdp_preflight on `db`, its staging connection (the sandbox's staging, as postgres) changed as given."""
+    args = module_args(box, db)
+    args["staging"].update(staging)
+    return run_module("vdp_preflight", args)
+
+
 def scalar(db: dict[str, Any], query: str) -> Any:
     with psycopg.connect(**db) as conn:
         row = conn.execute(query).fetchone()
@@ -204,9 +211,7 @@ def test_staging_pointing_at_production_is_blocking(
     sandbox: Sandbox, legacy_db: Callable[..., dict[str, Any]], run_module: Callable[..., Any]
 ) -> None:
     db = legacy_db("supabase")
-    args = module_args(sandbox, db)
-    args["staging"] = dict(host="localhost", port=db["port"], dbname=db["dbname"], user="postgres", password=sandbox.password)
-    result = run_module("vdp_preflight", args)
+    result = preflight_with_staging(run_module, sandbox, db, host="localhost", port=db["port"], dbname=db["dbname"])
     assert result["go"] is False
     assert checks_by_name(result)["staging is not production"]["status"] == "blocking"
 
@@ -215,17 +220,14 @@ def test_staging_database_not_created_yet_is_fine_but_an_unknown_role_is_not(
     sandbox: Sandbox, legacy_db: Callable[..., dict[str, Any]], run_module: Callable[..., Any]
 ) -> None:
     db = legacy_db("supabase")
-    args = module_args(sandbox, db)
-    args["staging"]["dbname"] = "staging_not_restored_yet"
-    result = run_module("vdp_preflight", args)
+    result = preflight_with_staging(run_module, sandbox, db, dbname="staging_not_restored_yet")
     checks = checks_by_name(result)
     assert checks["staging connection"]["status"] == "ok", checks["staging connection"]
     assert "does not exist yet: the restore creates it" in checks["staging connection"]["detail"]
     assert checks["staging database creatable"]["status"] == "ok"
     assert result["go"] is True
     # Anything else wrong with the staging login stays blocking.
-    args["staging"]["user"] = "no_such_role"
-    refused = run_module("vdp_preflight", args)
+    refused = preflight_with_staging(run_module, sandbox, db, dbname="staging_not_restored_yet", user="no_such_role")
     assert refused["go"] is False and checks_by_name(refused)["staging connection"]["status"] == "blocking"
 
 
