@@ -93,10 +93,17 @@ def test_no_transaction_marker_and_kinds(engine: Any, tmp_path: Path) -> None:
 def test_discover_lists_forward_files_with_checksum_and_revert(engine: Any) -> None:
     files = engine.discover(ROOT / "migrations")
     versions = [f.version for f in files]
-    assert versions == ["20250103_organizational_model_indexes", "20250103_organizational_model_schema", "20250104_monitoring"]
-    schema = files[1]
+    assert versions == [
+        "20250103_assignment_sync_expand",
+        "20250103_organizational_model_indexes",
+        "20250103_organizational_model_schema",
+        "20250104_monitoring",
+        "20250105_assignment_sync_contract",
+    ]
+    by_version = {f.version: f for f in files}
+    schema, indexes = by_version["20250103_organizational_model_schema"], by_version["20250103_organizational_model_indexes"]
     assert schema.checksum == hashlib.sha256(schema.path.read_bytes()).hexdigest()
-    assert schema.transactional and not files[0].transactional
+    assert schema.transactional and not indexes.transactional
     assert all(f.revert_path and f.revert_path.exists() for f in files)
 
 
