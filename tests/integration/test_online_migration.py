@@ -8,7 +8,10 @@ practitioner_assignments by the expand step's sync (migrations/20250103_assignme
 contract step removes it; validation passes and attributes the application's writes - ended relationships included,
 which the legacy table records with no timestamp - while a change by a session of the runbook is NOT attributed;
 the write latency p99 during the migration is reported next to before it (printed, and written to
-artifacts/online_migration_latency.json).
+artifacts/online_migration_latency.json). Then the contract step (playbooks/contract.yml) removes the sync, once (a
+second run changes nothing), and the reverts, newest first, take the contract back, the schema, then the sync, while
+the old app's relationship writes keep working. The load is bounded: RATE writes per second, stopped AFTER_S seconds
+after the data step and the indexes are done (LIMIT_S at most).
 
 The sync against the data step's pair snapshot is also tested on its own, deterministically: relationships ended,
 re-dated and created between the snapshot and the batches, and a sync that waits for an uncommitted batch insert;
@@ -37,7 +40,6 @@ from tests.support.engine import (
     SYNC_V,
     apply_schema,
     clone,
-    data_step,
     drop,
     login,
     rows,
@@ -49,9 +51,12 @@ from tests.support.world import play, record
 
 CONTRACT_V = "20250105_assignment_sync_contract"
 RESULTS = ROOT / "artifacts" / "online_migration_latency.json"
-RATE = 25  # writes per second, open loop
+RATE = 20  # writes per second, open loop
+LIMIT_S = 420  # the load generator's bound; it stops AFTER_S seconds after the data step and the indexes are done
+AFTER_S = 15
 MIX = dict(signup=2, signin=35, profile_edit=15, relationship_new=9, relationship_end=9, progress=30)
-SLOW_DATA = ["-e", "vdp_batch_size=100", "-e", "org_data_migration_pause_between_batches=0.3"]
+# Small batches, so that the application's writes interleave with many of the data step's commits.
+SMALL_BATCHES = ["-e", "vdp_batch_size=200"]
 
 # Pairs the generator touched whose assignment is not what the data step's rules give for the relationships now
 # (computed here with SQL of its own, not the runbook's).
@@ -230,14 +235,12 @@ def test_the_sync_wins_over_the_data_steps_snapshot_and_without_it_assignments_g
         drop(sandbox, bare)
 
 
-def _migrate(run_module: Any, info: dict[str, Any]) -> None:
-    """The schema phase (sync + schema), the data step and the indexes, through the modules."""
-    assert not apply_schema(run_module, info, [SYNC_V, SCHEMA_V]).failed
-    data_step(run_module, info)
-    assert not apply_schema(run_module, info, [INDEXES_V]).failed
+SYNC_FUNCTIONS = ("journal_relationship_write", "sync_assignment_pairs", "sync_relationship_statement")
+WRITE_SQL = "INSERT INTO public.sponsor_practitioner_relationships (sponsor_id, practitioner_id) VALUES (%s, %s) RETURNING id"
 
 
 def _vdp_objects(info: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The runbook's triggers on the relationships table, and which of the sync's and journal's functions exist."""
     triggers = rows(
         info,
         "SELECT tgname FROM pg_trigger WHERE tgrelid = 'public.sponsor_practitioner_relationships'::regclass "
@@ -246,42 +249,38 @@ def _vdp_objects(info: dict[str, Any]) -> tuple[list[str], list[str]]:
     functions = rows(
         info,
         "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-        "WHERE n.nspname = 'vdp_runbook' ORDER BY 1",
+        "WHERE n.nspname = 'vdp_runbook' AND p.proname = ANY(%s) ORDER BY 1",
+        (list(SYNC_FUNCTIONS),),
     )
     return [t[0] for t in triggers], [f[0] for f in functions]
 
 
-def test_reverts_never_break_the_old_apps_relationship_writes_and_keep_the_journal(
-    sandbox: Sandbox, legacy_template: Any, run_module: Any
-) -> None:
-    info = clone(sandbox, legacy_template())
+def _reverts_keep_the_old_apps_writes_working(info: dict[str, Any], run_module: Any) -> None:
+    """After the contract: revert in two steps, as a rollback that lists only the organizational model's versions and
+    then the rest would. Newest first; the contract's revert puts the sync back; with the schema gone the sync finds
+    nothing to mirror into and the old app's relationship writes go on (journaled); the sync's revert (last: it was
+    applied first) removes it and the journal's trigger; the journal's rows stay."""
     base = dict(login(info), path=str(ROOT / "migrations"))
-    write = "INSERT INTO public.sponsor_practitioner_relationships (sponsor_id, practitioner_id) VALUES (%s, %s) RETURNING id"
-    try:
-        _migrate(run_module, info)
-        # The extended rollback's list without the sync: the schema is gone, the sync is still installed and finds
-        # nothing to mirror into - the old app's writes go on (and are journaled).
-        undone = run_module("vdp_schema_migrations", dict(base, state="reverted", versions=[INDEXES_V, DATA_V, SCHEMA_V]))
-        assert not undone.failed and undone["reverted"] == [INDEXES_V, DATA_V, SCHEMA_V], undone.get("msg")
-        pair = rows(info, PICK_SQL["strangers"])[0]
-        first = execute(info, write, pair)[0]
-        execute(info, "UPDATE public.sponsor_practitioner_relationships SET active = false WHERE id = %s", (first,))
-        assert scalar(info, "SELECT count(*) FROM vdp_runbook.relationship_writes WHERE relationship_id = %s", (first,)) == 2
+    undone = run_module("vdp_schema_migrations", dict(base, state="reverted", versions=[CONTRACT_V, INDEXES_V, DATA_V, SCHEMA_V]))
+    assert not undone.failed and undone["reverted"] == [CONTRACT_V, INDEXES_V, DATA_V, SCHEMA_V], undone.get("msg")
+    assert _vdp_objects(info) == (
+        ["vdp_journal_relationship_writes", "vdp_sync_assignments_delete", "vdp_sync_assignments_insert",
+         "vdp_sync_assignments_update"],
+        list(SYNC_FUNCTIONS),
+    )  # fmt: skip
+    assert scalar(info, "SELECT to_regclass('public.practitioner_assignments')") is None
+    pair = rows(info, PICK_SQL["strangers"])[0]
+    first = execute(info, WRITE_SQL, pair)[0]
+    execute(info, "UPDATE public.sponsor_practitioner_relationships SET active = false WHERE id = %s", (first,))
+    assert scalar(info, "SELECT count(*) FROM vdp_runbook.relationship_writes WHERE relationship_id = %s", (first,)) == 2
+    journaled = scalar(info, "SELECT count(*) FROM vdp_runbook.relationship_writes")
 
-        # Migrate again (the sync is still recorded: not re-applied), contract, then revert everything: newest first,
-        # the contract's revert puts the sync back, the sync's revert (last: it was applied first) takes it away.
-        _migrate(run_module, info)
-        assert not run_module("vdp_schema_migrations", dict(base, versions=[CONTRACT_V])).failed
-        assert _vdp_objects(info)[0] == ["vdp_journal_relationship_writes"]
-        everything = run_module("vdp_schema_migrations", dict(base, state="reverted"))
-        assert not everything.failed, everything.get("msg")
-        assert everything["reverted"] == [CONTRACT_V, INDEXES_V, DATA_V, SCHEMA_V, SYNC_V]
-        assert _vdp_objects(info) == ([], [])
-        second = execute(info, write, pair)[0]
-        assert second and scalar(info, "SELECT count(*) FROM vdp_runbook.relationship_writes") >= 2  # the journal stays
-        assert scalar(info, "SELECT count(*) FROM vdp_runbook.schema_migrations") == 0
-    finally:
-        drop(sandbox, info)
+    rest = run_module("vdp_schema_migrations", dict(base, state="reverted"))
+    assert not rest.failed and rest["reverted"] == [SYNC_V], rest.get("msg")
+    assert _vdp_objects(info) == ([], [])
+    assert execute(info, WRITE_SQL, rows(info, PICK_SQL["strangers"])[0])[0]
+    assert scalar(info, "SELECT count(*) FROM vdp_runbook.relationship_writes") == journaled  # kept, and no longer fed
+    assert scalar(info, "SELECT count(*) FROM vdp_runbook.schema_migrations") == 0
 
 
 # --------------------------------------------------------------------------- the whole online migration under load
@@ -316,23 +315,24 @@ def _report_latency(summary: dict[str, Any], path: Path) -> dict[str, Any]:
 def test_online_migration_under_live_writes(sandbox: Sandbox, world: dict[str, Any], tmp_path: Path, run_module: Any) -> None:
     prod = world["vdp_production_db"]
     load = LoadGenerator(
-        prod, rate=RATE, duration=240, workers=4, seed=12, mix=MIX, max_signups=150, record_path=tmp_path / "writes.jsonl"
+        prod, rate=RATE, duration=LIMIT_S, workers=4, seed=12, mix=MIX, max_signups=150, record_path=tmp_path / "writes.jsonl"
     )
     with load:
         time.sleep(6)
         load.mark("during")  # from the start of migrate.yml (its run context, then schema, data, indexes)
         started = time.monotonic()
         run = start_playbook(
-            sandbox, world, "migrate.yml", "--tags", "schema,data,validate", *SLOW_DATA, log=tmp_path / "migrate.log"
+            sandbox, world, "migrate.yml", "--tags", "schema,data,validate", *SMALL_BATCHES, log=tmp_path / "migrate.log"
         )
         try:
             # "after": the indexes are recorded, the data step is over; the new app is not deployed, the sync runs on.
             assert wait_until(lambda: run.proc.poll() is not None or _recorded(prod, INDEXES_V), 600, 0.2)
             load.mark("after")
             seconds = round(time.monotonic() - started, 1)
+            time.sleep(AFTER_S)  # the old app goes on writing after the data step; the sync mirrors it
         finally:
+            load.stop()
             rc = run.wait(600)
-        time.sleep(2)
     print(f"\nschema, data and indexes under load: {seconds} s (from the start of migrate.yml)")
     assert rc == 0, run.output()[-5000:]
     writes = load.writes
@@ -390,6 +390,7 @@ def test_online_migration_under_live_writes(sandbox: Sandbox, world: dict[str, A
     assert latency["during_schema_data_indexes"]["p99_ms"] < 10_000, latency  # short lock waits: no write held for long
 
     _contract_and_attribution(sandbox, world, tmp_path, run_module)
+    _reverts_keep_the_old_apps_writes_working(prod, run_module)
 
 
 def _contract_and_attribution(sandbox: Sandbox, world: dict[str, Any], tmp_path: Path, run_module: Any) -> None:
