@@ -21,7 +21,10 @@ from tests.support.sandbox import Sandbox
 from tests.support.standin import StandIn, app_vars
 from tests.support.world import play, recap, record
 
-PHASES = ["preflight", "backup", "rehearsal", "maintenance", "schema", "data", "deploy", "validate", "monitor"]
+PHASES = ["preflight", "backup", "rehearsal", "maintenance", "schema", "data", "deploy", "validate", "monitor", "contract"]
+SYNC_V, CONTRACT_V = "20250103_assignment_sync_expand", "20250105_assignment_sync_contract"
+SYNC_TRIGGERS = ("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.sponsor_practitioner_relationships'::regclass "
+                 "AND tgname LIKE 'vdp\\_sync\\_%'")
 
 
 @pytest.fixture
@@ -59,6 +62,8 @@ def test_check_mode_then_real_run_then_no_op(sandbox: Sandbox, world: dict[str, 
         assert c.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (stg["dbname"],)).fetchone()[0] == 0
     assert "=> dry run: would migrate" in checked.stdout
     assert "budgets: not judged in a dry run" in checked.stdout  # nothing ran that a budget could measure
+    assert f"Would apply {CONTRACT_V}" in checked.stdout  # the contract step says what it would do
+    assert record(world, "contract")["check_mode"] is True
 
     # The real run: every phase in order, the app on the new release with the flags on, the notices sent.
     first = play(sandbox, world, "migrate.yml", "-e", f"@{settings}")
@@ -76,6 +81,11 @@ def test_check_mode_then_real_run_then_no_op(sandbox: Sandbox, world: dict[str, 
     assert "validate           passed" in first.stdout and "=> migrated 2000 profiles" in first.stdout
     with psycopg.connect(**prod) as c:
         assert c.execute("SELECT count(*) FROM public.profiles WHERE organization_id IS NULL").fetchone()[0] == 0
+        # Expand then contract: the sync installed by the schema phase was removed after the monitor gate.
+        ledger = {r[0] for r in c.execute("SELECT version FROM vdp_runbook.schema_migrations")}
+        assert {SYNC_V, CONTRACT_V} <= ledger and c.execute(SYNC_TRIGGERS).fetchone()[0] == 0
+    assert record(world, "contract")["applied"][0]["version"] == CONTRACT_V
+    assert run["phases"]["contract"]["summary"] == f"applied {CONTRACT_V}", run["phases"]["contract"]
 
     # A second run is a no-op: nothing reported changed, no row written, no maintenance window, no notice. Its smoke
     # check still signs a user in, and the app records sign-ins (as Supabase's auth does): that write is the app's,
@@ -90,6 +100,7 @@ def test_check_mode_then_real_run_then_no_op(sandbox: Sandbox, world: dict[str, 
     assert app.call("GET", "/admin/state", admin=True)[1] == app_after_first, "the second run changed the app"
     rerun = json.loads((world["run_dir"].parent / "second-run" / "run.json").read_text())
     assert "maintenance" not in rerun["phases"] and "backup" not in rerun["phases"], list(rerun["phases"])
+    assert rerun["phases"]["contract"]["summary"] == "skipped: already applied", rerun["phases"]["contract"]
     assert "=> already migrated; org-2.0 already live; validation passed; monitor gate: pass" in second.stdout
 
 
