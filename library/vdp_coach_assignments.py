@@ -18,8 +18,9 @@ description:
   - Skips, counts and lists (never silently) self-relationships (sponsor = practitioner) and orphan
     relationships (sponsor or practitioner without a profile). Duplicate active rows of a pair give one
     assignment; the collapsed rows are counted.
-  - Inserts in batches of I(batch_size) pairs, one transaction each, in (practitioner, sponsor) order (the unique
-    key's order), C(ON CONFLICT DO NOTHING) on the assignment's unique key.
+  - Inserts in batches of at most I(batch_size) pairs, one transaction each, each sized from the last ones' time to
+    take about 0.25 s (the foreign-key checks lock the profiles they reference until the batch commits), in
+    (practitioner, sponsor) order (the unique key's order), C(ON CONFLICT DO NOTHING) on the assignment's unique key.
     A batch that fails on one bad row is retried row by row, so one bad row never
     sinks the rest; failed rows are reported and fail the task.
   - A re-run finds no pending pair and writes nothing.
@@ -33,7 +34,9 @@ options:
     type: str
     default: individual-users
   batch_size:
-    description: Pairs per batch (and per transaction).
+    description: >-
+      The largest batch of pairs (one transaction each); each batch is sized to take about 0.25 s
+      (C(BATCH_TARGET_SECONDS) in module_utils/vdp_batching.py), at least 500 pairs.
     type: int
     default: 20000
   sample_limit:
@@ -90,7 +93,9 @@ failed_rows:
   returned: always
   type: dict
 batches:
-  description: Batches committed and lock-timeout retries.
+  description: >-
+    Batches committed, the largest allowed (size), the slowest one (ms), lock-timeout retries, and the sizes the
+    batches took (sizes: limit, target_ms, smallest, largest, slowest_ms).
   returned: always
   type: dict
 organization_id:
@@ -197,7 +202,10 @@ def insert(module: AnsibleModule, conn: Any, result: dict[str, Any], org_id: Any
             inserted=progress.inserted,
             changed=progress.inserted > 0,
             failed_rows=dict(count=progress.failed_count, sample=progress.failed),
-            batches=dict(count=progress.batches, size=p["batch_size"], lock_retries=progress.lock_retries),
+            batches=dict(
+                count=progress.batches, size=p["batch_size"], slowest_ms=progress.max_batch_ms,
+                lock_retries=progress.lock_retries, sizes=progress.sizes,
+            ),
         )
     pfile.update(present + progress.inserted, note="ANALYZE")
     analyze(conn, *ANALYZED_TABLES)
@@ -228,7 +236,7 @@ def main() -> None:
         duplicates=dict(pairs=0, rows_collapsed=0),
         not_converted={},
         failed_rows=dict(count=0, sample=[]),
-        batches=dict(count=0, size=module.params["batch_size"], lock_retries=0),
+        batches=dict(count=0, size=module.params["batch_size"], slowest_ms=0, lock_retries=0),
         organization_id=None,
         duration_ms=0,
     )

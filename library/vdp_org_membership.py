@@ -14,7 +14,7 @@ short_description: Put every legacy profile in an organization with its roles, b
 description:
   - For every profile whose C(organization_id) is still NULL, sets C(organization_id) (the organization
     I(organization_slug)), C(roles), C(is_active=true) and C(last_activity), in batches of I(batch_size)
-    profiles taken in primary-key order, committing each batch. Killed at any point, a re-run continues
+    profiles at the most, taken in primary-key order, committing each batch. Killed at any point, a re-run continues
     with the profiles not yet migrated; a run with nothing left to do changes and writes nothing.
   - Roles rule. C(coach) for whoever is the sponsor of any relationship (active or not, as the seed's SQL
     counts them) with someone else; C(practitioner) for whoever is not a coach, or is the practitioner of an
@@ -42,9 +42,11 @@ options:
     default: individual-users
   batch_size:
     description:
-      - Profiles per batch (and per transaction). No statement locks more rows than this.
-      - At 1M users a batch of 20000 takes about 0.15-0.25 s; with I(trigger_suppression=alter_table) writers of
-        profiles wait up to one batch.
+      - The largest batch of profiles (one transaction each). No statement locks more rows than this.
+      - Each batch is sized from the last ones' time to take about 0.25 s (C(BATCH_TARGET_SECONDS) in
+        module_utils/vdp_batching.py, as pt-online-schema-change's --chunk-time), at least 500 rows, so no batch holds
+        row locks on profiles for long whatever the machine's load; with I(trigger_suppression=alter_table) writers
+        of profiles wait up to one batch.
     type: int
     default: 20000
   pause_between_batches:
@@ -133,7 +135,9 @@ roles:
   returned: always
   type: dict
 batches:
-  description: Batches committed by this run, their size, the slowest one (ms) and lock-timeout retries.
+  description: >-
+    Batches committed by this run, the largest allowed (size), the slowest one (ms), lock-timeout retries, and the
+    sizes the batches took (sizes: limit, target_ms, smallest, largest, slowest_ms).
   returned: always
   type: dict
 trigger_suppression:
@@ -329,7 +333,8 @@ def migrate(
             trigger_suppression=progress.trigger_suppression,
             changed=result["changed"] or progress.migrated > 0,
             batches=dict(
-                count=progress.batches, size=p["batch_size"], slowest_ms=progress.max_batch_ms, lock_retries=progress.lock_retries
+                count=progress.batches, size=p["batch_size"], slowest_ms=progress.max_batch_ms,
+                lock_retries=progress.lock_retries, sizes=progress.sizes,
             ),
         )
     pfile.update(done_before + progress.migrated, note="ANALYZE profiles")

@@ -32,6 +32,9 @@ LOCK_RETRIES = 10
 LOCK_RETRY_BACKOFF = 0.5
 BACKOFF_CAP_SECONDS = 15.0
 WATCH_INTERVAL = 0.1  # seconds between two looks at who blocks a waiting session
+# The watcher connects only when the work is still running after this long: a batch sized to take about 0.25 s
+# (vdp_batching) then opens no second connection, while a lock wait (lock_timeout, about a second) is still watched.
+WATCH_DELAY = 0.3
 
 _BLOCKERS_SQL = """
 SELECT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''), coalesce(a.state, ''),
@@ -75,7 +78,10 @@ def backoff_delay(attempt: int, base: float, cap: float = BACKOFF_CAP_SECONDS, r
 
 
 def _sample_blockers(connect: Callable[[], Any], pid: int, seen: dict[int, Blocker], stop: threading.Event) -> None:
-    """Until `stop`, every WATCH_INTERVAL seconds: the sessions blocking `pid`, into `seen` (on its own connection)."""
+    """Until `stop`, every WATCH_INTERVAL seconds: the sessions blocking `pid`, into `seen` (on its own connection,
+    opened only when the work outlasts WATCH_DELAY)."""
+    if stop.wait(WATCH_DELAY):
+        return
     try:
         conn = connect()
     except Exception:  # noqa: BLE001 - the watch is a diagnostic: without it the work still runs
