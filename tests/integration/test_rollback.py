@@ -19,6 +19,7 @@ from tests.support.standin import StandIn, app_vars
 from tests.support.world import play, recap, record
 
 CONFIRM = "I understand this overwrites production"
+SYNC_V, CONTRACT_V = "20250103_assignment_sync_expand", "20250105_assignment_sync_contract"
 
 
 @pytest.fixture
@@ -59,6 +60,8 @@ def test_each_strategy_twice(sandbox: Sandbox, world: dict[str, Any], app: Stand
     assignments = scalar(prod, "SELECT count(*) FROM public.practitioner_assignments")
     members = scalar(prod, "SELECT count(*) FROM public.profiles WHERE organization_id IS NOT NULL")
     assert organizations >= 1 and assignments > 0 and members > 0
+    # Expand and contract both ran: the ledger lists them, the sync's triggers are gone, the journal's stays.
+    assert set(_ledger(prod)) >= {SYNC_V, CONTRACT_V} and _sync_objects(prod) == (["vdp_journal_relationship_writes"], 3)
 
     # A full rollback refuses to run without its exact confirmation, and changes nothing.
     refused = play(sandbox, world, "playbooks/rollback.yml", "-e", f"@{settings}", "-e", "rollback_strategy=full")
@@ -85,6 +88,8 @@ def test_each_strategy_twice(sandbox: Sandbox, world: dict[str, Any], app: Stand
     assert scalar(prod, "SELECT count(*) FROM vdp_runbook.reverted_profile_membership "
                         "WHERE organization_id IS NOT NULL") == members
     assert legacy_content(prod, layout) == before
+    # The online sync reverted too (the contract's revert, then the expand's): no version left, nothing of it left.
+    assert _ledger(prod) == [] and _sync_objects(prod) == ([], 0)
 
     # full: production restored from the run's backup; the proof is against the backup's own snapshot checksums.
     oid_before = _oid(sandbox, prod)
@@ -95,6 +100,24 @@ def test_each_strategy_twice(sandbox: Sandbox, world: dict[str, Any], app: Stand
     assert legacy_content(prod, layout) == before
     assert scalar(prod, "SELECT to_regclass('vdp_runbook.reverted_organizations')") is None  # the pre-migration state
     assert app.call("GET", "/health")[1]["version"] == "legacy-1"
+
+
+def _ledger(db: dict[str, Any]) -> list[str]:
+    with psycopg.connect(**db) as conn:
+        return [r[0] for r in conn.execute("SELECT version FROM vdp_runbook.schema_migrations ORDER BY 1")]
+
+
+def _sync_objects(db: dict[str, Any]) -> tuple[list[str], int]:
+    """The runbook's triggers on the relationships table, and the count of the sync's and journal's functions."""
+    with psycopg.connect(**db) as conn:
+        triggers = [r[0] for r in conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'public.sponsor_practitioner_relationships'::regclass "
+            "AND tgname LIKE 'vdp%' ORDER BY 1")]
+        functions = conn.execute(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'vdp_runbook' "
+            "AND p.proname IN ('sync_relationship_statement', 'sync_assignment_pairs', 'journal_relationship_write')"
+        ).fetchone()[0]
+        return triggers, int(functions)
 
 
 def _flags(db: dict[str, Any]) -> dict[str, bool]:
