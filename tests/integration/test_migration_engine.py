@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support.attack import kill_tree
 from tests.support.engine import (
     DATA_V,
     INDEXES_V,
@@ -135,28 +135,6 @@ def test_playbooks_migrate_validate_and_second_run_writes_nothing(sandbox: Any, 
 
 
 # --------------------------------------------------------------------------- crash and resume
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants at once (Ansible may start modules in their own session)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, []))
-    for member in tree:
-        try:
-            os.kill(member, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_sigkill_during_membership_batches_then_resume_equals_uninterrupted(
