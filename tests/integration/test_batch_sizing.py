@@ -54,7 +54,7 @@ def prepared(run_module: Any, info: dict[str, Any]) -> Any:
 
 def per_transaction(info: dict[str, Any], table: str, where: str = "true") -> list[int]:
     """Rows of `table` per writing transaction (xmin), in commit order: the batches as the database saw them."""
-    query = f"SELECT count(*) FROM {table} WHERE {where} GROUP BY xmin ORDER BY xmin::text::bigint"  # noqa: S608
+    query = f"SELECT count(*) FROM {table} WHERE {where} GROUP BY xmin ORDER BY xmin::text::bigint"
     return [int(r[0]) for r in rows(info, query)]
 
 
