@@ -263,33 +263,19 @@ def do_apply(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
 def apply_file(conn: Any, mf: MigrationFile, who: str, policy: Any, run_id: str | None, result: dict[str, Any]) -> None:
     """One pending file and its ledger row (together, or after every statement of a no-transaction file)."""
     statements = body_statements(mf.path, mf.transactional)
+    row = dict(version=mf.version, name=mf.name, kind=mf.kind, checksum=mf.checksum, applied_by=who, run_id=run_id)
     if mf.transactional:
 
         def ledger_row(duration: int, attempts: int) -> dict[str, Any]:
-            return dict(
-                version=mf.version,
-                name=mf.name,
-                kind=mf.kind,
-                checksum=mf.checksum,
-                duration_ms=duration,
-                applied_by=who,
-                run_id=run_id,
-                transactional=True,
-                attempts=attempts,
-            )
+            return dict(row, duration_ms=duration, transactional=True, attempts=attempts)
 
         outcome = run_transactional(conn, mf, statements, ledger_row, policy)
     else:
         outcome = run_autocommit(conn, mf, statements, policy)
         record_version(
             conn,
-            version=mf.version,
-            name=mf.name,
-            kind=mf.kind,
-            checksum=mf.checksum,
+            **row,
             duration_ms=outcome.duration_ms,
-            applied_by=who,
-            run_id=run_id,
             transactional=False,
             attempts=outcome.attempts,
             details=dict(rebuilt_invalid_indexes=outcome.rebuilt_invalid_indexes),
