@@ -30,8 +30,10 @@ description:
     manifest. Tables the restored database holds that the manifest did not count are reported.
   - I(mode=file) downloads the object into a private work folder (mode 0700, removed on every exit path; a folder
     left by a killed run is removed by the next) while proving it, so pg_restore can run parallel jobs on the very
-    bytes that were proven; I(mode=stream) needs no local disk - it proves the object in a first read and streams a
-    second read into C(pg_restore) (one job), hashing it again.
+    bytes that were proven. A custom-format dump streamed from a pipe has no data offsets in its table of contents
+    (each parallel job would scan the archive for its table), so after the proof the module writes them into the
+    local copy, those fields only, as pg_dump does when it writes a file. I(mode=stream) needs no local disk - it
+    proves the object in a first read and streams a second read into C(pg_restore) (one job), hashing it again.
   - Renews the run lease on production while it works, and stops cleanly (pg_restore killed) when a stop was
     requested (playbooks/stop.yml).
   - With I(progress_file), writes the bytes downloaded and proven of the backup's size, then the restore's steps.
@@ -191,8 +193,14 @@ removed_leftovers:
   returned: always
   type: list
   elements: str
+data_offsets:
+  description:
+    - I(mode=file), custom format - the data offsets filled into the local copy's table of contents (C(filled)) and a
+      C(note). A dump streamed from a pipe has none, and pg_restore -j would scan the archive for every table.
+  returned: when a custom-format backup was downloaded
+  type: dict
 seconds:
-  description: Time per step (verify_download, drop_create, roles, pg_restore, analyze, parity, total).
+  description: Time per step (verify_download, data_offsets, drop_create, roles, pg_restore, analyze, parity, total).
   returned: always
   type: dict
 """
@@ -204,6 +212,7 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.vdp_archive import BackupReader, backup_source_problem, backup_source_spec, expected_tables
+from ansible.module_utils.vdp_dump_offsets import fill_data_offsets
 from ansible.module_utils.vdp_errors import OperatorError
 from ansible.module_utils.vdp_guard import PRODUCTION_CONFIRMATION, GuardOutcome, check_target, identify
 from ansible.module_utils.vdp_lease import HeartbeatThread
@@ -431,6 +440,11 @@ def proven_copy(run: Restore, workdir: str) -> str | None:
             f"{'; '.join(verdict.problems)}. Take a new backup (nothing was changed)",
             problems=verdict.problems,
         )
+    if save_to and manifest.get("format") != "directory":
+        # Only the proven bytes are touched, and only the offset fields: what pg_dump writes when it can seek.
+        step = time.monotonic()
+        run.result["data_offsets"] = fill_data_offsets(save_to)
+        run.timed("data_offsets", step)
     roles = needed_roles(manifest, set(verdict.owners))
     run.result["roles_created"] = missing_roles(p, roles) if p["create_roles"] else []
     return save_to

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 
 from tests.support.backups import (
     LEGACY,
+    PG_BINDIR,
     backed_up_once,
     backup,
     exact_counts,
@@ -23,6 +26,7 @@ from tests.support.backups import (
     s3_of,
     staging_with_sentinel,
 )
+from tests.support.code import module_utils
 from tests.support.sandbox import Sandbox
 
 PHRASE = "I understand this overwrites production"
@@ -53,6 +57,8 @@ def test_restore_to_staging_creates_roles_has_parity_and_is_idempotent(
 
     done = restore(run_module, sandbox, staging, backed_up["prefix"], run_id="rs-1", jobs=2)
     assert not done.failed, done.get("msg")
+    # vdp_backup streamed the dump: its TOC had no data offsets, the restore filled one per table with data.
+    assert done["data_offsets"]["filled"] >= len(LEGACY), done["data_offsets"]
     assert done.changed and done["restored"] and done["parity_ok"] and done["mismatched_tables"] == []
     assert done["key"] == backed_up["key"] and set(done["parity"]) == set(LEGACY)
     no_secret(done, sandbox)
@@ -196,3 +202,38 @@ def test_directory_format_backup_restores_with_parallel_jobs(
     done = restore(run_module, sandbox, staging, prefix, run_id="dir-1", mode="file", jobs=2)
     assert not done.failed and done["restored"] and done["parity_ok"], done.get("msg")
     assert exact_counts(staging) == exact_counts(source)
+
+
+def test_a_streamed_dump_gets_the_data_offsets_pg_dump_writes_into_a_file(
+    sandbox: Sandbox, source: dict[str, Any], tmp_path: Any
+) -> None:
+    """The same database dumped to a pipe and to a file: once filled in, the pipe's dump is the file's dump, byte for
+    byte, but for the creation time in the header. A damaged or foreign file is left exactly as it was."""
+    offsets = module_utils("vdp_dump_offsets")
+    conn = sandbox.pg("production", source["dbname"])
+    argv = [f"{PG_BINDIR}/pg_dump", "-Fc", "-h", conn["host"], "-p", str(conn["port"]), "-U", conn["user"], conn["dbname"]]
+    env = dict(os.environ, PGPASSWORD=conn["password"])
+    piped, written = tmp_path / "piped.pgdump", tmp_path / "written.pgdump"
+    with piped.open("wb") as out:  # through a pipe, as vdp_backup streams it: pg_dump cannot seek back
+        dump = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
+        out.write(dump.communicate()[0])
+    assert dump.returncode == 0
+    subprocess.run([*argv, "-f", str(written)], env=env, check=True)
+    assert offsets.fill_data_offsets(str(written)) == dict(filled=0, note="offsets already set (the dump was written to a file)")
+    unfilled = piped.read_bytes()
+
+    done = offsets.fill_data_offsets(str(piped))
+    assert done["filled"] >= len(LEGACY), done
+    a, b = piped.read_bytes(), written.read_bytes()
+    assert len(a) == len(b) == len(unfilled) and a != unfilled
+    differing = [i for i in range(len(a)) if a[i] != b[i]]
+    header_end = 11 + 5 + 7 * 5  # magic, version, sizes, format, compression level (an int), 7 ints of creation time
+    assert all(i < header_end for i in differing), differing[:10]
+
+    damaged = {"cut short": unfilled[:-7], "not a dump": b"PGDMQ" + unfilled[5:], "a block overruns": unfilled + b"\x01"}
+    for name, data in damaged.items():
+        broken = tmp_path / "broken.pgdump"
+        broken.write_bytes(data)
+        left = offsets.fill_data_offsets(str(broken))
+        assert left["filled"] == 0 and left["note"].startswith("left as it is"), (name, left)
+        assert broken.read_bytes() == data, name
