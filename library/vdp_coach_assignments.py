@@ -208,7 +208,8 @@ def insert(module: AnsibleModule, conn: Any, result: dict[str, Any], org_id: Any
             ),
         )
     pfile.update(present + progress.inserted, note="ANALYZE")
-    analyze(conn, *ANALYZED_TABLES)
+    for note in analyze(conn, *ANALYZED_TABLES):
+        module.warn(note)
     if progress.failed_count:
         raise EngineError(
             f"{progress.failed_count} coach assignment(s) could not be inserted (first: {progress.failed[0]['error']}); "

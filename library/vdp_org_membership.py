@@ -339,7 +339,8 @@ def migrate(
         )
     pfile.update(done_before + progress.migrated, note="ANALYZE profiles")
     result["remaining"] = pending_profiles(conn)
-    analyze(conn, "public.profiles")  # the new columns: the planner would otherwise believe them all NULL
+    for note in analyze(conn, "public.profiles"):  # the new columns: the planner would otherwise believe them all NULL
+        module.warn(note)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ansible.module_utils.vdp_legacy import table_ident
+from ansible.module_utils.vdp_lockwait import LockWaitExhausted, with_lock_retry
 from ansible.module_utils.vdp_pg import sql
 from ansible.module_utils.vdp_target import organization_id, require_organization, require_target_schema, target_schema_missing
 
@@ -23,14 +24,26 @@ def target_organization(conn: Any, slug: str, check_mode: bool) -> tuple[bool, A
     return schema_ready, org_id
 
 
-def analyze(conn: Any, *tables: str) -> None:
+def analyze(conn: Any, *tables: str, retries: int = 3) -> list[str]:
     """Fresh statistics for the tables the step wrote: until autovacuum gets to them the planner believes the old
     ones (a new table empty, new columns all NULL) and later queries - validation's, the application's - pick plans
-    for that. ANALYZE runs outside a transaction, after committing what came before."""
+    for that. ANALYZE runs outside a transaction, after committing what came before, one table at a time.
+
+    Autovacuum often starts analyzing a table right after the step's writes, and two ANALYZEs of one table wait for
+    each other: the step's short lock waits and retries apply, and a table still busy after them is left to the
+    session analyzing it - a note returned, never a failure (the step's rows are committed; failing here would roll a
+    healthy migration back for a statistics refresh)."""
     conn.commit()
     previous = conn.autocommit
     conn.autocommit = True
+    skipped: list[str] = []
     try:
-        conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(table_ident(t) for t in tables)))
+        for table in tables:
+            statement = sql.SQL("ANALYZE {}").format(table_ident(table))
+            try:
+                with_lock_retry(lambda s=statement: conn.execute(s), lambda: None, retries=retries, what=f"ANALYZE {table}")
+            except LockWaitExhausted as exc:
+                skipped.append(f"left the statistics of {table} to the session analyzing it: {exc}")
     finally:
         conn.autocommit = previous
+    return skipped

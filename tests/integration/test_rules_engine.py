@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support.code import module_utils
 from tests.support.databases import scratch_database
 from tests.support.engine import (
     DATA_V,
@@ -30,6 +31,7 @@ from tests.support.engine import (
     rows,
     scalar,
 )
+from tests.support.sandbox import Sandbox
 
 USERS = 2000
 LEGACY_PROFILE_COLUMNS = {
@@ -430,3 +432,25 @@ def test_data_step_records_ledger_and_reports_by_shape(migrated: Migrated) -> No
     for (kind,) in rows(migrated.info, "SELECT kind FROM vdp_runbook.schema_migrations"):
         counts[kind] += 1
     assert counts == {"other": 1, "schema": 1, "data": 1, "indexes": 1}  # other: 20250103_assignment_sync_expand (online sync)
+
+
+def test_analyze_after_the_writes_leaves_a_busy_table_to_the_session_analyzing_it(sandbox: Sandbox) -> None:
+    """Found by the benchmark at 1M users: autovacuum started analyzing practitioner_assignments right after the
+    inserts, the step's own ANALYZE timed out on its lock (55P03) and failed the whole data step - which in migrate.yml
+    rolls back a healthy migration. Now: the step's lock waits and retries, then a note; the other tables analyzed."""
+    step = module_utils("vdp_data_step")
+    with scratch_database(sandbox, "production", "analyze") as info:
+        with psycopg.connect(**info, autocommit=True) as setup:
+            for table in ("busy", "free"):
+                setup.execute(f"CREATE TABLE public.{table} (x int) WITH (autovacuum_enabled = false)")
+                setup.execute(f"INSERT INTO public.{table} SELECT generate_series(1, 1000)")
+        reltuples = "SELECT relname, reltuples FROM pg_class WHERE relname IN ('busy', 'free') ORDER BY 1"
+        with psycopg.connect(**info) as holder, psycopg.connect(**info) as conn:
+            holder.execute("LOCK TABLE public.busy IN SHARE UPDATE EXCLUSIVE MODE")  # what a running ANALYZE holds
+            conn.execute("SET lock_timeout = '100ms'")
+            notes = step.analyze(conn, "public.busy", "public.free", retries=1)
+            assert len(notes) == 1 and "public.busy" in notes[0] and "timed out waiting for a lock 2 times" in notes[0]
+            assert conn.execute(reltuples).fetchall() == [("busy", -1.0), ("free", 1000.0)]  # never analyzed / analyzed
+            holder.rollback()
+            assert step.analyze(conn, "public.busy") == []
+            assert conn.execute(reltuples).fetchall() == [("busy", 1000.0), ("free", 1000.0)]
