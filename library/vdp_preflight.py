@@ -186,7 +186,10 @@ long_transactions:
   type: list
   elements: dict
 migration:
-  description: C(state) (not_applied, partial, applied), ledger versions, pending versions and missing target objects.
+  description:
+    - C(state) (not_applied, partial, applied), ledger versions, pending versions and missing target objects.
+    - C(complete) and C(completed_by) (run_id, at) - a run completed the migration (deployed, validated, watched,
+      contracted) and the run lease's log shows no run since it; migrate.yml then has nothing to do.
   returned: when production is reachable
   type: dict
 """

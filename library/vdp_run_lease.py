@@ -45,6 +45,12 @@ options:
     description: After how long without a heartbeat (and with none of its sessions connected) a holder is stale.
     type: int
     default: 1800
+  migration_complete:
+    description:
+      - With I(state=released) - this run completed the migration (deployed, validated, watched, contracted). The
+        release is logged as such, and the next run's preflight, finding no other run logged since, has nothing to do.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -99,6 +105,7 @@ def argument_spec() -> dict[str, Any]:
         operator=dict(type="str"),
         takeover=dict(type="str"),
         ttl_seconds=dict(type="int", default=LEASE_TTL_SECONDS),
+        migration_complete=dict(type="bool", default=False),
     )
     return spec
 
@@ -130,7 +137,7 @@ def work(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> None:
                       message=f"{'asked' if asked else 'already asked, or not holding:'} run {run_id} to stop")  # fmt: skip
         return
     if state == "released":
-        outcome = release(conn, p["run_id"], me, module.check_mode)
+        outcome = release(conn, p["run_id"], me, module.check_mode, complete=p["migration_complete"])
     else:
         outcome = acquire(conn, p["run_id"], me, p.get("phase"), p["ttl_seconds"], p.get("takeover"), module.check_mode)
     result.update(action=outcome.action, message=outcome.message, changed=outcome.changed,

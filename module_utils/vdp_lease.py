@@ -89,6 +89,17 @@ WHERE run_id = %(run_id)s AND released_at IS NULL
 """
 
 _LOG_SQL = f"INSERT INTO {RUNBOOK_SCHEMA}.run_lease_log (run_id, event, holder, detail) VALUES (%s, %s, %s, %s)"
+# The release of a migrate.yml run that deployed, validated, watched and contracted says so in the log's detail.
+COMPLETE = "migration complete"
+# The last lease event before `run_id` last took the lease (before anything, when it has not): whoever ran then.
+_LAST_BEFORE_SQL = f"""
+SELECT run_id, event, detail, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS "UTC"')
+FROM {RUNBOOK_SCHEMA}.run_lease_log
+WHERE id < coalesce((SELECT max(id) FROM {RUNBOOK_SCHEMA}.run_lease_log
+                     WHERE run_id = %s AND event IN ('taken', 'taken_over', 'resumed')), 9223372036854775807)
+ORDER BY id DESC
+LIMIT 1
+"""
 
 
 class LeaseHeld(OperatorError):
@@ -320,8 +331,8 @@ def _would(action: str, current: Lease | None, run_id: str, done: bool = False) 
     return f"run {run_id} {verb} the run lease{suffix}"
 
 
-def release(conn: Any, run_id: str, me: Controller, check_mode: bool = False) -> LeaseOutcome:
-    """Release the lease if `run_id` holds it (a no-op otherwise). Commits."""
+def release(conn: Any, run_id: str, me: Controller, check_mode: bool = False, complete: bool = False) -> LeaseOutcome:
+    """Release the lease if `run_id` holds it (a no-op otherwise), logged as COMPLETE when `complete`. Commits."""
     current = read_lease(conn)
     if current is None or current.run_id != run_id or current.released_at is not None:
         return LeaseOutcome("none", current, f"run {run_id} holds no lease")
@@ -331,9 +342,23 @@ def release(conn: Any, run_id: str, me: Controller, check_mode: bool = False) ->
         cur.execute(
             f"UPDATE {RUNBOOK_SCHEMA}.run_lease SET released_at = now() WHERE run_id = %s AND released_at IS NULL", (run_id,)
         )
-        cur.execute(_LOG_SQL, (run_id, "released", me.holder, None))
+        cur.execute(_LOG_SQL, (run_id, "released", me.holder, COMPLETE if complete else None))
     conn.commit()
     return LeaseOutcome("released", read_lease(conn), f"run {run_id} released the run lease")
+
+
+def completed_by(conn: Any, run_id: str | None) -> dict[str, str] | None:
+    """The run that completed the migration, when no run touched production since: the last lease event before this
+    run took the lease is that run's release, logged COMPLETE. Any later run (a rollback, a deploy or validation alone,
+    a crashed run) makes it None."""
+    if not lease_table_exists(conn):
+        return None
+    with conn.cursor() as cur:
+        cur.execute(_LAST_BEFORE_SQL, (run_id or "",))
+        row = cur.fetchone()
+    if row is None or row[1] != "released" or row[2] != COMPLETE:
+        return None
+    return dict(run_id=row[0], at=row[3])
 
 
 def request_cancel(conn: Any, run_id: str, me: Controller, check_mode: bool = False) -> bool:

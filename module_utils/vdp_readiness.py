@@ -15,7 +15,7 @@ from typing import Any
 
 from ansible.module_utils.vdp_errors import OperatorError
 from ansible.module_utils.vdp_guard import GuardRefusal, check_target, staging_name_problem
-from ansible.module_utils.vdp_lease import read_lease, staleness, this_controller
+from ansible.module_utils.vdp_lease import completed_by, read_lease, staleness, this_controller
 from ansible.module_utils.vdp_ledger import ledger
 from ansible.module_utils.vdp_legacy import (
     detect_sign_in_source,
@@ -356,6 +356,7 @@ def check_migration_state(report: Report, conn: Any, params: dict[str, Any]) -> 
         state = "applied"
     else:
         state = "partial"
+    completed = completed_by(conn, params.get("run_id")) if state == "applied" else None
     report.data["migration"] = dict(
         state=state,
         ledger_exists=table_exists(conn, f"{RUNBOOK_SCHEMA}.schema_migrations"),
@@ -363,9 +364,20 @@ def check_migration_state(report: Report, conn: Any, params: dict[str, Any]) -> 
         pending_versions=pending,
         missing_target_objects=missing,
         organization_id_column="public.profiles.organization_id" not in missing,
+        complete=completed is not None,
+        completed_by=completed,
     )
     if state == "not_applied":
         report.add("migration state", OK, "not applied yet", started)
+    elif completed:
+        report.add(
+            "migration state",
+            WARNING,
+            f"complete: run {completed['run_id']} deployed, validated, watched and contracted it ({completed['at']}) "
+            "and no run has touched production since; this run has nothing to do (-e vdp_recheck=true deploys, "
+            "validates and watches again)",
+            started,
+        )
     elif state == "applied":
         report.add(
             "migration state",

@@ -87,21 +87,45 @@ def test_check_mode_then_real_run_then_no_op(sandbox: Sandbox, world: dict[str, 
     assert record(world, "contract")["applied"][0]["version"] == CONTRACT_V
     assert run["phases"]["contract"]["summary"] == f"applied {CONTRACT_V}", run["phases"]["contract"]
 
-    # A second run is a no-op: nothing reported changed, no row written, no maintenance window, no notice. Its smoke
-    # check still signs a user in, and the app records sign-ins (as Supabase's auth does): that write is the app's,
-    # not the runbook's, so the app stops recording them here to show that the runbook itself writes nothing.
+    # A second run is a no-op: nothing reported changed, no row written, no maintenance window, no notice. The first
+    # run completed the migration and no run touched production since, so it stops after preflight.
+    # The app records sign-ins (as Supabase's auth does): that write is the app's, not the runbook's, so the app stops
+    # recording them here to show that the runbook itself writes nothing (the recheck below signs a user in).
     assert app.call("POST", "/admin/state", {"record_sign_ins": False}, admin=True)[0] == 200
     after_first, app_after_first = fingerprint(prod, physical=True), app.call("GET", "/admin/state", admin=True)[1]
-    second = play(sandbox, world, "migrate.yml", "-e", f"@{settings}", "-e", "vdp_run_id=second-run",
-                  "-e", f"vdp_run_dir={world['run_dir'].parent / 'second-run'}")
-    assert second.returncode == 0, second.stdout[-4000:]
-    assert recap(second.stdout)["changed"] == 0, second.stdout[-4000:]
-    assert fingerprint(prod, physical=True) == after_first, "the second run wrote rows"
-    assert app.call("GET", "/admin/state", admin=True)[1] == app_after_first, "the second run changed the app"
-    rerun = json.loads((world["run_dir"].parent / "second-run" / "run.json").read_text())
-    assert "maintenance" not in rerun["phases"] and "backup" not in rerun["phases"], list(rerun["phases"])
-    assert rerun["phases"]["contract"]["summary"] == "skipped: already applied", rerun["phases"]["contract"]
-    assert "=> already migrated; org-2.0 already live; validation passed; monitor gate: pass" in second.stdout
+    notices = _notices(world)
+    for run_id, extra in (("second-run", []), ("recheck-run", ["-e", "vdp_recheck=true"])):
+        again = play(sandbox, world, "migrate.yml", "-e", f"@{settings}", "-e", f"vdp_run_id={run_id}",
+                     "-e", f"vdp_run_dir={world['run_dir'].parent / run_id}", *extra)
+        assert again.returncode == 0, again.stdout[-4000:]
+        assert recap(again.stdout)["changed"] == 0, again.stdout[-4000:]
+        assert fingerprint(prod, physical=True) == after_first, f"{run_id} wrote rows"
+        assert app.call("GET", "/admin/state", admin=True)[1] == app_after_first, f"{run_id} changed the app"
+        assert _notices(world) == notices, f"{run_id} sent a notice"
+        rerun = json.loads((world["run_dir"].parent / run_id / "run.json").read_text())
+        assert "maintenance" not in rerun["phases"] and "backup" not in rerun["phases"], list(rerun["phases"])
+        if run_id == "second-run":
+            assert not {"deploy", "validate", "monitor", "contract"} & set(rerun["phases"]), list(rerun["phases"])
+            assert f"=> already complete (run {world['run_dir'].name}, " in again.stdout, again.stdout[-3000:]
+        else:  # the release found live, validation and the monitor gate again; the contract already applied
+            assert rerun["phases"]["contract"]["summary"] == "skipped: already applied", rerun["phases"]["contract"]
+            assert "=> already migrated; org-2.0 already live; validation passed; monitor gate: pass" in again.stdout
+
+    # Any run since the completing one breaks the mark (here validate.yml alone; a rollback, a crash): the next
+    # migrate.yml checks again. A read-only preflight.yml passes it on.
+    preflight = play(sandbox, world, "playbooks/preflight.yml", "-e", f"@{settings}", "-e", "vdp_run_id=check-run",
+                     "-e", f"vdp_run_dir={world['run_dir'].parent / 'check-run'}")
+    assert preflight.returncode == 0 and "complete: run recheck-run" in preflight.stdout, preflight.stdout[-3000:]
+    validated = play(sandbox, world, "playbooks/validate.yml", "-e", f"@{settings}", "-e", "vdp_run_id=validate-run",
+                     "-e", f"vdp_run_dir={world['run_dir'].parent / 'validate-run'}", "--tags", "preflight")
+    assert validated.returncode == 0, validated.stdout[-3000:]
+    with psycopg.connect(**prod) as c:
+        last = c.execute("SELECT run_id, event, detail FROM vdp_runbook.run_lease_log ORDER BY id DESC LIMIT 3").fetchall()
+    assert last[0][:2] == ("validate-run", "released") and last[0][2] is None, last
+    assert ("check-run", "released", "migration complete") in last, last
+    after = play(sandbox, world, "playbooks/preflight.yml", "-e", f"@{settings}", "-e", "vdp_run_id=check-again",
+                 "-e", f"vdp_run_dir={world['run_dir'].parent / 'check-again'}")
+    assert after.returncode == 0 and "already applied" in after.stdout and "complete: run" not in after.stdout
 
 
 # Where the failure comes from, and which rollback strategy the inventory chose. The data failure is a real one: a

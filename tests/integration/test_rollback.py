@@ -62,6 +62,10 @@ def test_each_strategy_twice(sandbox: Sandbox, world: dict[str, Any], app: Stand
     assert organizations >= 1 and assignments > 0 and members > 0
     # Expand and contract both ran: the ledger lists them, the sync's triggers are gone, the journal's stays.
     assert set(_ledger(prod)) >= {SYNC_V, CONTRACT_V} and _sync_objects(prod) == (["vdp_journal_relationship_writes"], 3)
+    # The monitor gate was skipped: the run did not prove the whole, so its release is not marked complete (a re-run
+    # would deploy, validate and watch again).
+    release = "SELECT event || ':' || coalesce(detail, '-') FROM vdp_runbook.run_lease_log ORDER BY id DESC LIMIT 1"
+    assert scalar(prod, release) == "released:-"
 
     # A full rollback refuses to run without its exact confirmation, and changes nothing.
     refused = play(sandbox, world, "playbooks/rollback.yml", "-e", f"@{settings}", "-e", "rollback_strategy=full")
