@@ -37,7 +37,7 @@ from bench_backup import backup_restore
 from bench_common import ROOT, Sandbox, drop, load_average
 from bench_data_step import SHAPE, data_phase, drop_templates, fixture
 from bench_report import markdown
-from bench_runbook import own_peak_mb, runbook
+from bench_runbook import own_peak_mb, rerun, runbook
 
 PARTS = ("data", "backup", "runbook")
 
@@ -65,8 +65,8 @@ def parse() -> argparse.Namespace:
     args.small = args.small or max(1000, args.users // 10)
     args.keep = args.keep or args.reuse
     args.parts = {x.strip() for x in args.only.split(",") if x.strip()}
-    if args.parts - set(PARTS):
-        p.error(f"--only takes {', '.join(PARTS)}")
+    if args.parts - {*PARTS, "rerun"}:
+        p.error(f"--only takes {', '.join(PARTS)} (or rerun: the re-runs alone, on a resumed runbook's world)")
     for name in ("PGPASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         if not args.render and not os.environ.get(name):
             p.error(f"set {name} in the environment (scripts/bench.sh reads it from the sandbox's secrets folder)")
@@ -84,7 +84,7 @@ def environment(sb: Sandbox, args: argparse.Namespace) -> dict[str, Any]:
         date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), commit=commit, dirty=dirty, cpus=os.cpu_count(),
         memory_gib=round(memory_kb / 2**20), server_version=settings["server_version"], shared_buffers=settings["shared_buffers"],
         work_mem_default=settings["work_mem"], fsync=settings["fsync"], load_start=load_average(),
-        sizes=[args.small, args.users] if "runbook" in args.parts else [args.users],
+        sizes=[args.small, args.users] if args.parts & {"runbook", "rerun"} else [args.users],
         shape=SHAPE, monitor_period_seconds=args.monitor_period, repeat=args.repeat, sandbox_port_base=sb.base,
         parts=sorted(args.parts), quick=args.quick,
     )
@@ -123,6 +123,14 @@ def measure(sb: Sandbox, args: argparse.Namespace, results: dict[str, Any], save
             results["runbook"][-1] = runbook(sb, users, fx, stamp, extra, logs, again=again,
                                              partial=results["runbook"][-1], save=save)
             save()
+    if "rerun" in args.parts:
+        big = next((r for r in results.get("runbook", []) if r.get("users") == args.users and r.get("first")), None)
+        if big is None:
+            raise SystemExit(f"--only rerun needs migrate.yml measured at {args.users:,} users: --resume its .json")
+        print(f"== the re-runs of migrate.yml on the world the first run at {args.users:,} users left", flush=True)
+        rerun(sb, big, stamp, dict(monitor_period_seconds=args.monitor_period, monitor_interval_seconds=2),
+              args.out / "logs", save)
+        save()
     if not args.keep:
         for n in sizes:
             drop_templates(sb, n)
