@@ -158,7 +158,8 @@ def resumed(args: argparse.Namespace, now: dict[str, Any]) -> dict[str, Any]:
     if results["environment"]["sizes"] != now["sizes"]:
         raise SystemExit(f"{args.resume} measured {results['environment']['sizes']} users, not {now['sizes']}")
     results.pop("stopped", None)
-    results["environment"].setdefault("resumed", []).append({k: now[k] for k in ("date", "commit", "dirty", "load_start")})
+    resumed = {k: now[k] for k in ("date", "commit", "dirty", "load_start")}
+    results["environment"].setdefault("resumed", []).append(dict(resumed, parts=sorted(args.parts)))
     return results
 
 

@@ -254,8 +254,9 @@ def missing(results: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
 
 
 def environment_lines(env: dict[str, Any]) -> list[str]:
-    resumed = [f"- resumed {r['date']} (commit {r['commit']}, load {r['load_start']}): the parts measured before were kept"
-               for r in env.get("resumed", [])]
+    resumed = [f"- resumed {r['date']} (commit {r['commit']}, load {r['load_start']}): "
+               + (f"measured then: {', '.join(r['parts'])}; " if r.get("parts") else "")
+               + "the parts measured before were kept" for r in env.get("resumed", [])]
     asked = env.get("parts")
     quick = " (--quick: the clean copy only)" if env.get("quick") else ""
     only = [f"- parts measured: {', '.join(asked)}{quick}"] if asked and len(asked) < 3 else []
