@@ -155,7 +155,7 @@ def writer(args: argparse.Namespace, results: dict[str, Any], started: float) ->
 def resumed(args: argparse.Namespace, now: dict[str, Any]) -> dict[str, Any]:
     """The figures of a stopped run (--resume): its parts are kept, the rest measured now, the resumption noted."""
     results = json.loads(args.resume.read_text())
-    if results["environment"]["sizes"] != now["sizes"]:
+    if not set(now["sizes"]) <= set(results["environment"]["sizes"]):  # --only data resumes a run of both sizes
         raise SystemExit(f"{args.resume} measured {results['environment']['sizes']} users, not {now['sizes']}")
     results.pop("stopped", None)
     resumed = {k: now[k] for k in ("date", "commit", "dirty", "load_start")}
