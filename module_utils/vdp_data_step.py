@@ -42,8 +42,11 @@ def analyze(conn: Any, *tables: str, retries: int = 3) -> list[str]:
             statement = sql.SQL("ANALYZE {}").format(table_ident(table))
             try:
                 with_lock_retry(lambda s=statement: conn.execute(s), lambda: None, retries=retries, what=f"ANALYZE {table}")
-            except LockWaitExhausted as exc:
-                skipped.append(f"left the statistics of {table} to the session analyzing it: {exc}")
+            except LockWaitExhausted as exc:  # its own advice (end the blocker, re-run) is for a failure: this is not
+                skipped.append(
+                    f"left the statistics of {table} to the session analyzing it (autovacuum, most likely): ANALYZE "
+                    f"{table} timed out waiting for a lock {exc.details['attempts']} times; nothing to do"
+                )
     finally:
         conn.autocommit = previous
     return skipped

@@ -29,7 +29,6 @@ class DumpFormatError(Exception):
 @dataclass
 class Archive:
     version: tuple[int, int] = (0, 0)
-    int_size: int = 4
     off_size: int = 8
     # dump id -> file position of the entry's offset field, for entries whose data position is not set
     unset: dict[int, int] = field(default_factory=dict)
@@ -43,47 +42,46 @@ class Reader:
         self.f = f
         self.int_size = 4
 
-    def bytes(self, n: int) -> bytes:
+    def read_bytes(self, n: int) -> bytes:
         data = self.f.read(n)
         if len(data) != n:
             raise DumpFormatError("the archive ends early")
         return data
 
-    def byte(self) -> int:
-        return self.bytes(1)[0]
+    def read_byte(self) -> int:
+        return self.read_bytes(1)[0]
 
-    def int(self) -> int:
-        sign = self.byte()
-        value = int.from_bytes(self.bytes(self.int_size), "little")
+    def read_int(self) -> int:
+        sign = self.read_byte()
+        value = int.from_bytes(self.read_bytes(self.int_size), "little")
         return -value if sign else value
 
-    def str(self) -> bytes | None:
-        length = self.int()
-        return None if length < 0 else self.bytes(length)
+    def read_str(self) -> bytes | None:
+        length = self.read_int()
+        return None if length < 0 else self.read_bytes(length)
 
     def skip_str(self) -> None:
-        length = self.int()
+        length = self.read_int()
         if length > 0:
             self.f.seek(length, os.SEEK_CUR)
 
 
 def read_header(r: Reader) -> Archive:
-    if r.bytes(5) != MAGIC:
+    if r.read_bytes(5) != MAGIC:
         raise DumpFormatError("not a pg_dump archive (no PGDMP magic)")
-    major, minor, _rev = r.byte(), r.byte(), r.byte()
+    major, minor, _rev = r.read_byte(), r.read_byte(), r.read_byte()
     archive = Archive(version=(major, minor))
     if archive.version not in KNOWN_VERSIONS:
         raise DumpFormatError(f"archive version {major}.{minor} is not one this reader knows")
-    archive.int_size, archive.off_size = r.byte(), r.byte()
-    r.int_size = archive.int_size
-    if r.byte() != FORMAT_CUSTOM:
+    r.int_size, archive.off_size = r.read_byte(), r.read_byte()  # the archive's integer and offset widths
+    if r.read_byte() != FORMAT_CUSTOM:
         raise DumpFormatError("not a custom-format archive")
     if archive.version >= (1, 15):
-        r.byte()  # compression algorithm
+        r.read_byte()  # compression algorithm
     else:
-        r.int()  # compression level
+        r.read_int()  # compression level
     for _ in range(7):  # creation time: sec, min, hour, mday, mon, year, isdst
-        r.int()
+        r.read_int()
     for _ in range(3):  # database name, server version, pg_dump version
         r.skip_str()
     return archive
@@ -91,25 +89,25 @@ def read_header(r: Reader) -> Archive:
 
 def read_toc(r: Reader, archive: Archive) -> None:
     """Every TOC entry (pg_backup_archiver.c ReadToc, then the custom format's extra field: the data offset)."""
-    for _ in range(r.int()):
-        dump_id = r.int()
-        r.int()  # hadDumper
+    for _ in range(r.read_int()):
+        dump_id = r.read_int()
+        r.read_int()  # hadDumper
         for _ in range(2):  # catalog tableoid, oid
             r.skip_str()
         r.skip_str()  # tag
         r.skip_str()  # desc
-        r.int()  # section
+        r.read_int()  # section
         for _ in range(5 + int(archive.version >= (1, 14))):  # defn, dropStmt, copyStmt, namespace, tablespace, tableam
             r.skip_str()
         if archive.version >= (1, 16):
-            r.int()  # relkind
+            r.read_int()  # relkind
         r.skip_str()  # owner
         r.skip_str()  # "with oids" (always "false")
-        while r.str() is not None:  # dependencies, up to a NULL string
+        while r.read_str() is not None:  # dependencies, up to a NULL string
             pass
         at = r.f.tell()
-        flag = r.byte()
-        r.bytes(archive.off_size)
+        flag = r.read_byte()
+        r.read_bytes(archive.off_size)
         if flag not in (POS_NOT_SET, POS_SET, NO_DATA):
             raise DumpFormatError(f"unexpected offset flag {flag} in TOC entry {dump_id}")
         if flag == POS_NOT_SET:
@@ -120,7 +118,7 @@ def read_toc(r: Reader, archive: Archive) -> None:
 def skip_chunks(r: Reader) -> None:
     """A data stream: chunks of <length><bytes>, ended by a zero length."""
     while True:
-        length = r.int()
+        length = r.read_int()
         if length == 0:
             return
         if length < 0:
@@ -134,12 +132,12 @@ def data_positions(r: Reader, archive: Archive, size: int) -> dict[int, int]:
     r.f.seek(archive.data_start)
     while r.f.tell() < size:
         at = r.f.tell()
-        kind = r.byte()
-        dump_id = r.int()
+        kind = r.read_byte()
+        dump_id = r.read_int()
         if kind == BLK_DATA:
             skip_chunks(r)
         elif kind == BLK_BLOBS:
-            while r.int() != 0:  # each large object: its oid, then its data stream; oid 0 ends the block
+            while r.read_int() != 0:  # each large object: its oid, then its data stream; oid 0 ends the block
                 skip_chunks(r)
         else:
             raise DumpFormatError(f"unexpected block type {kind} at {at}")
